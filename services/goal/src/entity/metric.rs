@@ -1,0 +1,25 @@
+//! The `metrics` table.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "metrics")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub tenant_id: String,
+    pub display_name: String,
+    pub description: String,
+    pub unit: String,
+    pub currency_code: String,
+    pub aggregation: String,
+    pub allow_negative_values: bool,
+    pub version: i64,
+    pub create_time: i64,
+    pub update_time: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,152 @@
+//! Database connections and write transactions.
+//!
+//! SQLite allows one writer at a time and answers a second with "database is
+//! locked" rather than waiting, so writes on SQLite take a process-wide lock
+//! for the length of their transaction; reads run concurrently (WAL). On
+//! PostgreSQL writes run concurrently.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
+    DatabaseTransaction, DbErr, TransactionTrait,
+};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// A service's database: a pool, plus the write lock on SQLite.
+#[derive(Clone, Debug)]
+pub struct Db {
+    conn: DatabaseConnection,
+    write_lock: Option<Arc<Mutex<()>>>,
+}
+
+impl Db {
+    /// Connects to `url` (`postgres://...` or `sqlite://...`) with a pool of
+    /// `max_connections`. SQLite files and their folder are created.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
+        let is_sqlite = url.starts_with("sqlite:");
+        if is_sqlite {
+            if let Some(path) = sqlite_path(url) {
+                if let Some(dir) = std::path::Path::new(&path).parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).with_context(|| {
+                            format!("cannot create the data folder {}", dir.display())
+                        })?;
+                    }
+                }
+            }
+        }
+        let mut options = ConnectOptions::new(url.to_string());
+        options
+            .max_connections(max_connections)
+            .min_connections(if is_sqlite { 1 } else { 0 })
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5))
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        let conn = Database::connect(options)
+            .await
+            .with_context(|| format!("cannot connect to the database at {}", redact(url)))?;
+        Ok(Db {
+            write_lock: is_sqlite.then(|| Arc::new(Mutex::new(()))),
+            conn,
+        })
+    }
+
+    /// The pool, for reads.
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub fn backend(&self) -> DatabaseBackend {
+        self.conn.get_database_backend()
+    }
+
+    /// Starts a write transaction (holding the SQLite write lock, if any,
+    /// until it ends).
+    pub async fn begin_write(&self) -> Result<WriteTxn, DbErr> {
+        let guard = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let txn = self.conn.begin().await?;
+        Ok(WriteTxn { txn, _guard: guard })
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.conn.ping().await.is_ok()
+    }
+}
+
+/// A write transaction. Dropping it without `commit` rolls it back.
+pub struct WriteTxn {
+    txn: DatabaseTransaction,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTxn {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.txn.commit().await
+    }
+}
+
+impl Deref for WriteTxn {
+    type Target = DatabaseTransaction;
+
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+}
+
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| path.to_string())
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Passwords never appear in messages about URLs.
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://app:hunter2@db/goal"),
+            "postgres://app:***@db/goal"
+        );
+        assert_eq!(
+            redact("sqlite://data/goal.db?mode=rwc"),
+            "sqlite://data/goal.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_path("sqlite://data/goal.db?mode=rwc").as_deref(),
+            Some("data/goal.db")
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! What every Sales Milestones service needs at run time.
+//!
+//! # Layout
+//! - [`config`]: the settings tree, layered defaults → file → `MILESTONES__*`.
+//! - [`telemetry`]: tracing setup (pretty or JSON logs).
+//! - [`auth`]: bearer-JWT verification and the caller it yields.
+//! - [`error`]: [`ApiError`], the one error type at the service boundary, and
+//!   its single mapping to `tonic::Status` with `google.rpc` details.
+//! - [`db`]: connecting, the SQLite write lock, transactions.
+//! - [`feed`]: the transactional outbox and its gapless reads.
+//! - [`idempotency`]: `request_id` replay and reuse detection.
+//! - [`paging`]: AIP-158 page sizes and opaque page tokens.
+//! - [`wire`]: conversions between wire and domain dates and instants.
+//! - [`server`]: the gRPC server with health, reflection and graceful shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod feed;
+pub mod idempotency;
+pub mod paging;
+pub mod server;
+pub mod telemetry;
+pub mod wire;
+
+pub use error::ApiError;

@@ -1,0 +1,224 @@
+//! The test harness: [`TestApp::spawn`] starts the suite in-process on an
+//! ephemeral port against its own fresh database, SQLite by default or
+//! PostgreSQL when `MILESTONES_TEST_DB=postgres`. PostgreSQL is reached at
+//! `MILESTONES_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable`); when it is
+//! asked for and unreachable the tests fail, they do not skip.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use milestones_api::goal::goal_service_client::GoalServiceClient;
+use milestones_runtime::auth::{mint_token, Role};
+use milestones_runtime::config::Settings;
+use sea_orm::{ConnectionTrait, Database};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+/// Which database the tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The backend chosen by `MILESTONES_TEST_DB` (`sqlite` or `postgres`).
+pub fn backend() -> Backend {
+    match std::env::var("MILESTONES_TEST_DB").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        Ok("sqlite") | Err(_) => Backend::Sqlite,
+        Ok(other) => panic!("MILESTONES_TEST_DB={other:?}: use sqlite or postgres"),
+    }
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("MILESTONES_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".to_string()
+    })
+}
+
+/// Creates a fresh, uniquely named database and returns its URL.
+pub async fn fresh_database_url() -> String {
+    let name = format!("milestones_test_{}", uuid::Uuid::now_v7().simple());
+    match backend() {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join("milestones-tests");
+            std::fs::create_dir_all(&dir).expect("temp dir for test databases");
+            format!("sqlite://{}/{name}.db?mode=rwc", dir.display())
+        }
+        Backend::Postgres => {
+            let admin = postgres_admin_url();
+            let conn = Database::connect(admin.as_str())
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL is required for MILESTONES_TEST_DB=postgres but {admin} is unreachable: {e}"));
+            conn.execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .expect("create test database");
+            let base = admin.split('?').next().unwrap_or(&admin);
+            let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+            format!("{server}/{name}?sslmode=disable")
+        }
+    }
+}
+
+/// A running suite.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub settings: Settings,
+    pub database_url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Adds `authorization: Bearer ...` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type GoalClient = GoalServiceClient<InterceptedService<Channel, Bearer>>;
+
+impl TestApp {
+    /// Starts the goal service on a fresh database.
+    pub async fn spawn() -> TestApp {
+        let url = fresh_database_url().await;
+        Self::spawn_on(url).await
+    }
+
+    /// Starts the goal service on an existing database (e.g. after a
+    /// restart).
+    pub async fn spawn_on(database_url: String) -> TestApp {
+        let mut settings = Settings::default();
+        settings.goal.database_url = database_url.clone();
+        settings.goal.max_connections = 8;
+        settings.grpc.feed_heartbeat_ms = 300;
+        settings.grpc.feed_poll_ms = 50;
+        settings.grpc.shutdown_drain_ms = 50;
+        settings.grpc.shutdown_grace_secs = 5;
+        if std::env::var("TEST_LOG").is_ok() {
+            milestones_runtime::telemetry::init(&settings.log);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind ephemeral port");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let run_settings = settings.clone();
+        // Build (connect, migrate) before returning, so clients can connect
+        // at once: the listener is already bound.
+        let server = tokio::spawn(async move {
+            milestones::suite::run(run_settings, &["goal".to_string()], listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        let app = TestApp {
+            addr,
+            settings,
+            database_url,
+            shutdown: Some(tx),
+            server: Some(server),
+        };
+        app.wait_until_serving().await;
+        app
+    }
+
+    async fn wait_until_serving(&self) {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::HealthCheckRequest;
+        for _ in 0..200 {
+            if let Ok(ch) = Channel::from_shared(self.endpoint())
+                .expect("endpoint")
+                .connect()
+                .await
+            {
+                let mut health = HealthClient::new(ch);
+                let req = HealthCheckRequest {
+                    service: "milestones.goal.v1.GoalService".into(),
+                };
+                if let Ok(r) = health.check(req).await {
+                    if r.into_inner().status == 1 {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the suite did not become healthy at {}", self.addr);
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to the suite")
+    }
+
+    /// A token for `tenant`, `subject` and `roles`, signed with the suite's
+    /// secret.
+    pub fn token(&self, tenant: &str, subject: &str, roles: &[Role]) -> String {
+        mint_token(
+            &self.settings.auth.to_config(),
+            tenant,
+            subject,
+            roles,
+            Duration::from_secs(600),
+        )
+        .expect("mint token")
+    }
+
+    /// A goal client sending `token` (or none).
+    pub async fn goal_with_token(&self, token: Option<String>) -> GoalClient {
+        let value = token.map(|t| format!("Bearer {t}").parse().expect("ascii token"));
+        GoalServiceClient::with_interceptor(self.channel().await, Bearer(value))
+    }
+
+    /// A goal client for `tenant` with `roles`.
+    pub async fn goal(&self, tenant: &str, roles: &[Role]) -> GoalClient {
+        let token = self.token(tenant, "tester", roles);
+        self.goal_with_token(Some(token)).await
+    }
+
+    /// A tenant admin's goal client.
+    pub async fn admin(&self, tenant: &str) -> GoalClient {
+        self.goal(tenant, &[Role::Admin]).await
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server exits cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

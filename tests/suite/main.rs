@@ -1,0 +1,10 @@
+//! End-to-end tests of the suite over real gRPC, on SQLite by default and on
+//! PostgreSQL with `MILESTONES_TEST_DB=postgres`.
+
+mod feed;
+mod fixtures;
+mod milestones;
+mod org;
+mod security;
+mod server;
+mod validation;

@@ -44,7 +44,10 @@ fn postgres_admin_url() -> String {
 
 /// Creates a fresh, uniquely named database and returns its URL.
 pub async fn fresh_database_url() -> String {
-    let name = format!("milestones_test_{}", uuid::Uuid::now_v7().simple());
+    // The run id lets CI drop exactly the databases its own run created.
+    let run = std::env::var("MILESTONES_TEST_RUN").unwrap_or_else(|_| "local".to_string());
+    let run: String = run.chars().filter(|c| c.is_ascii_alphanumeric()).take(16).collect();
+    let name = format!("milestones_test_{run}_{}", uuid::Uuid::now_v7().simple());
     match backend() {
         Backend::Sqlite => {
             let dir = std::env::temp_dir().join("milestones-tests");

@@ -176,6 +176,20 @@ impl Default for DatabaseSettings {
 }
 
 impl DatabaseSettings {
+    /// What is wrong with these settings, with keys under `key`.
+    fn problems(&self, key: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        let url = &self.database_url;
+        let known = ["postgres://", "postgresql://", "sqlite:"];
+        if !url.is_empty() && !known.iter().any(|k| url.starts_with(k)) {
+            p.push(format!("{key}.database_url: must start with postgres:// or sqlite:"));
+        }
+        if self.max_connections == 0 {
+            p.push(format!("{key}.max_connections: must be greater than zero"));
+        }
+        p
+    }
+
     /// The URL to connect to for `service`, defaulting to an SQLite file.
     pub fn url_for(&self, service: &str, data_dir: &Path) -> String {
         if self.database_url.is_empty() {
@@ -262,21 +276,7 @@ impl Settings {
                     .to_string(),
             );
         }
-        for (key, db) in [("goal", &self.goal)] {
-            let url = &db.database_url;
-            if !url.is_empty()
-                && !(url.starts_with("postgres://")
-                    || url.starts_with("postgresql://")
-                    || url.starts_with("sqlite:"))
-            {
-                p.push(format!(
-                    "{key}.database_url: must start with postgres:// or sqlite:"
-                ));
-            }
-            if db.max_connections == 0 {
-                p.push(format!("{key}.max_connections: must be greater than zero"));
-            }
-        }
+        p.extend(self.goal.problems("goal"));
         p
     }
 }

@@ -464,15 +464,15 @@ impl Goal {
 
     /// Stores a revision of `before`'s terms becoming `after`.
     async fn record_revision(
-        &self,
         conn: &impl ConnectionTrait,
         row: &mut milestone::Model,
         before: &Terms,
         after: &Terms,
         reason: &str,
-        author: &str,
+        ctx: &Ctx,
         changes: &mut Changes,
     ) -> Result<i32, ApiError> {
+        let author = ctx.caller.subject.as_str();
         row.revision_count += 1;
         let rev = revision::Model {
             milestone_id: row.id.clone(),
@@ -626,13 +626,13 @@ impl Goal {
         }
         let mut changes = Changes::new();
         if needs_revision {
-            self.record_revision(
+            Self::record_revision(
                 &*txn,
                 &mut row,
                 &before,
                 &after,
                 revision_reason.trim(),
-                &ctx.caller.subject,
+                ctx,
                 &mut changes,
             )
             .await?;
@@ -878,13 +878,13 @@ impl Goal {
             }
             if after != before {
                 revision_number = Some(
-                    self.record_revision(
+                    Self::record_revision(
                         &*txn,
                         &mut row,
                         &before,
                         &after,
                         req.notes.trim(),
-                        &ctx.caller.subject,
+                        ctx,
                         &mut changes,
                     )
                     .await?,

@@ -61,11 +61,12 @@ impl Ctx {
 }
 
 /// Events a write appends, committed with it.
+#[derive(Default)]
 pub struct Changes(Vec<pb::ChangeEvent>);
 
 impl Changes {
     pub fn new() -> Self {
-        Changes(Vec::new())
+        Self::default()
     }
 
     pub fn push(&mut self, change_type: pb::ChangeType, resource: pb::change_event::Resource) {

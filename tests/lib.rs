@@ -44,9 +44,15 @@ fn postgres_admin_url() -> String {
 
 /// Creates a fresh, uniquely named database and returns its URL.
 pub async fn fresh_database_url() -> String {
-    // The run id lets CI drop exactly the databases its own run created.
+    // The run id lets CI drop exactly the databases its own run created. At
+    // most 12 characters keep the name within PostgreSQL's 63, so the
+    // random tail of the UUID is never truncated away.
     let run = std::env::var("MILESTONES_TEST_RUN").unwrap_or_else(|_| "local".to_string());
-    let run: String = run.chars().filter(|c| c.is_ascii_alphanumeric()).take(16).collect();
+    let run: String = run
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect();
     let name = format!("milestones_test_{run}_{}", uuid::Uuid::now_v7().simple());
     match backend() {
         Backend::Sqlite => {

@@ -469,11 +469,14 @@ fn authed<T>(args: &ClientArgs, body: T) -> anyhow::Result<Request<T>> {
 
 /// Turns a status into an error that says what to fix, field by field.
 fn explain(status: tonic::Status) -> anyhow::Error {
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    if let Some(br) = status.get_details_bad_request() {
-        for v in br.field_violations {
-            text.push_str(&format!("\n  {}: {}", v.field, v.description));
+    match status.get_details_bad_request() {
+        Some(br) if !br.field_violations.is_empty() => {
+            let mut text = format!("{:?}: fix these fields:", status.code());
+            for v in br.field_violations {
+                text.push_str(&format!("\n  {}: {}", v.field, v.description));
+            }
+            anyhow::anyhow!(text)
         }
+        _ => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
     }
-    anyhow::anyhow!(text)
 }

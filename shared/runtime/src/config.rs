@@ -182,7 +182,9 @@ impl DatabaseSettings {
         let url = &self.database_url;
         let known = ["postgres://", "postgresql://", "sqlite:"];
         if !url.is_empty() && !known.iter().any(|k| url.starts_with(k)) {
-            p.push(format!("{key}.database_url: must start with postgres:// or sqlite:"));
+            p.push(format!(
+                "{key}.database_url: must start with postgres:// or sqlite:"
+            ));
         }
         if self.max_connections == 0 {
             p.push(format!("{key}.max_connections: must be greater than zero"));

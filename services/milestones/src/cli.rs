@@ -216,7 +216,12 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             if let Some(addr) = listen {
                 settings.listen_addr = addr;
             }
-            let listener = tokio::net::TcpListener::bind(&settings.listen_addr).await?;
+            let listener = tokio::net::TcpListener::bind(&settings.listen_addr).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {}: {e}; is another server running? choose another address with --listen",
+                    settings.listen_addr
+                )
+            })?;
             eprintln!(
                 "Sales Milestones is listening on {}.\nGet a development token with:\n  export MILESTONES_TOKEN=$(milestones token --tenant demo --subject you --role admin)\nthen try: milestones teams list",
                 listener.local_addr()?

@@ -37,9 +37,8 @@ pub fn backend() -> Backend {
 }
 
 fn postgres_admin_url() -> String {
-    std::env::var("MILESTONES_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".to_string()
-    })
+    std::env::var("MILESTONES_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".to_string())
 }
 
 /// Creates a fresh, uniquely named database and returns its URL.
@@ -48,11 +47,7 @@ pub async fn fresh_database_url() -> String {
     // most 12 characters keep the name within PostgreSQL's 63, so the
     // random tail of the UUID is never truncated away.
     let run = std::env::var("MILESTONES_TEST_RUN").unwrap_or_else(|_| "local".to_string());
-    let run: String = run
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(12)
-        .collect();
+    let run: String = run.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
     let name = format!("milestones_test_{run}_{}", uuid::Uuid::now_v7().simple());
     match backend() {
         Backend::Sqlite => {
@@ -62,9 +57,9 @@ pub async fn fresh_database_url() -> String {
         }
         Backend::Postgres => {
             let admin = postgres_admin_url();
-            let conn = Database::connect(admin.as_str())
-                .await
-                .unwrap_or_else(|e| panic!("PostgreSQL is required for MILESTONES_TEST_DB=postgres but {admin} is unreachable: {e}"));
+            let conn = Database::connect(admin.as_str()).await.unwrap_or_else(|e| {
+                panic!("PostgreSQL is required for MILESTONES_TEST_DB=postgres but {admin} is unreachable: {e}")
+            });
             conn.execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
                 .await
                 .expect("create test database");
@@ -148,11 +143,7 @@ impl TestApp {
         use tonic_health::pb::health_client::HealthClient;
         use tonic_health::pb::HealthCheckRequest;
         for _ in 0..200 {
-            if let Ok(ch) = Channel::from_shared(self.endpoint())
-                .expect("endpoint")
-                .connect()
-                .await
-            {
+            if let Ok(ch) = Channel::from_shared(self.endpoint()).expect("endpoint").connect().await {
                 let mut health = HealthClient::new(ch);
                 let req = HealthCheckRequest {
                     service: "milestones.goal.v1.GoalService".into(),
@@ -216,10 +207,7 @@ impl TestApp {
             let _ = tx.send(());
         }
         if let Some(server) = self.server.take() {
-            server
-                .await
-                .expect("server task")
-                .expect("server exits cleanly");
+            server.await.expect("server task").expect("server exits cleanly");
         }
     }
 }

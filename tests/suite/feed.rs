@@ -13,25 +13,17 @@ use crate::fixtures::*;
 type Feed = tonic::Streaming<pb::WatchChangesResponse>;
 
 async fn watch(c: &mut GoalClient, after: i64) -> Feed {
-    c.watch_changes(pb::WatchChangesRequest {
-        after_sequence: after,
-    })
-    .await
-    .expect("watch")
-    .into_inner()
+    c.watch_changes(pb::WatchChangesRequest { after_sequence: after })
+        .await
+        .expect("watch")
+        .into_inner()
 }
 
 /// The next event on the feed, skipping heartbeats; panics after 10 s.
 async fn next_event(feed: &mut Feed) -> pb::ChangeEvent {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            match feed
-                .message()
-                .await
-                .expect("feed message")
-                .expect("feed open")
-                .kind
-            {
+            match feed.message().await.expect("feed message").expect("feed open").kind {
                 Some(pb::watch_changes_response::Kind::Event(e)) => return e,
                 _ => continue,
             }
@@ -64,13 +56,9 @@ async fn replays_then_tails_then_resumes() {
     let mut c = app.admin("acme").await;
     let t = team(&mut c, "Sales", "").await;
     let arr = revenue_metric(&mut c, "ARR").await;
-    let m = create_milestone(
-        &mut c,
-        milestone_in(&t.name, &arr.name, "FY2027-Q1", 10),
-        false,
-    )
-    .await
-    .expect("m");
+    let m = create_milestone(&mut c, milestone_in(&t.name, &arr.name, "FY2027-Q1", 10), false)
+        .await
+        .expect("m");
 
     let mut feed = watch(&mut c, 0).await;
     let events = replay(&mut feed).await;
@@ -116,14 +104,9 @@ async fn replays_then_tails_then_resumes() {
     let mut theirs = watch(&mut other, 0).await;
     assert!(replay(&mut theirs).await.is_empty());
     let ahead = other
-        .watch_changes(pb::WatchChangesRequest {
-            after_sequence: 1_000,
-        })
+        .watch_changes(pb::WatchChangesRequest { after_sequence: 1_000 })
         .await;
-    assert_eq!(
-        reason(&expect_code(ahead, Code::OutOfRange)),
-        "CURSOR_AHEAD"
-    );
+    assert_eq!(reason(&expect_code(ahead, Code::OutOfRange)), "CURSOR_AHEAD");
     app.stop().await;
 }
 
@@ -163,11 +146,7 @@ async fn no_event_is_skipped_under_concurrent_writers() {
 
     // What the tail delivered equals what a full replay now shows.
     let mut again = watch(&mut c, 0).await;
-    let all: BTreeSet<i64> = replay(&mut again)
-        .await
-        .into_iter()
-        .map(|e| e.sequence)
-        .collect();
+    let all: BTreeSet<i64> = replay(&mut again).await.into_iter().map(|e| e.sequence).collect();
     assert_eq!(all.len(), WRITERS * PER_WRITER);
     assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), all);
     app.stop().await;
@@ -182,11 +161,7 @@ async fn feed_survives_restart() {
     let mut c = app.admin("acme").await;
     team(&mut c, "Before", "").await;
     let mut feed = watch(&mut c, 0).await;
-    let cursor = replay(&mut feed)
-        .await
-        .last()
-        .map(|e| e.sequence)
-        .expect("one event");
+    let cursor = replay(&mut feed).await.last().map(|e| e.sequence).expect("one event");
     drop(feed);
     app.stop().await;
 
@@ -196,10 +171,31 @@ async fn feed_survives_restart() {
     let mut feed = watch(&mut c, cursor).await;
     let rest = replay(&mut feed).await;
     assert_eq!(
-        rest.iter()
-            .map(|e| e.resource_name.clone())
-            .collect::<Vec<_>>(),
+        rest.iter().map(|e| e.resource_name.clone()).collect::<Vec<_>>(),
         vec![after.name]
     );
+    app.stop().await;
+}
+
+/// A suite service's token (role `service`, tenant `*`) reads every tenant's
+/// events, each labelled with its tenant; `*` without the service role reads
+/// nothing.
+#[tokio::test]
+async fn service_tokens_read_every_tenant() {
+    use milestones_runtime::auth::{Role, ALL_TENANTS};
+    let app = TestApp::spawn().await;
+    let mut acme = app.admin("acme").await;
+    let mut globex = app.admin("globex").await;
+    team(&mut acme, "Acme", "").await;
+    team(&mut globex, "Globex", "").await;
+    let mut service = app.goal(ALL_TENANTS, &[Role::Service]).await;
+    let tenants: Vec<String> = replay(&mut watch(&mut service, 0).await)
+        .await
+        .into_iter()
+        .map(|e| e.tenant_id)
+        .collect();
+    assert_eq!(tenants, vec!["acme", "globex"]);
+    let mut star_admin = app.goal(ALL_TENANTS, &[Role::Admin]).await;
+    assert!(replay(&mut watch(&mut star_admin, 0).await).await.is_empty());
     app.stop().await;
 }

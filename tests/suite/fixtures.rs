@@ -89,11 +89,7 @@ pub fn milestone_in(owner: &str, metric: &str, period: &str, target: i64) -> pb:
     }
 }
 
-pub async fn create_milestone(
-    c: &mut GoalClient,
-    m: pb::Milestone,
-    activate: bool,
-) -> Result<pb::Milestone, Status> {
+pub async fn create_milestone(c: &mut GoalClient, m: pb::Milestone, activate: bool) -> Result<pb::Milestone, Status> {
     c.create_milestone(pb::CreateMilestoneRequest {
         milestone: Some(m),
         activate,
@@ -113,10 +109,7 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 
 /// The status's ErrorInfo reason.
 pub fn reason(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default()
+    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
 }
 
 /// Asserts `result` failed with `code`, returning the status.

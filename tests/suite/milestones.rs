@@ -27,9 +27,7 @@ async fn org(c: &mut GoalClient) -> Org {
     let bob = member(c, "Bob", pb::MemberRole::Rep).await;
     let cy = member(c, "Cy", pb::MemberRole::Rep).await;
     for (m, t) in [(&ada, &emea), (&bob, &emea), (&cy, &dach)] {
-        membership(c, m, t, date(2020, 1, 1), None)
-            .await
-            .expect("membership");
+        membership(c, m, t, date(2020, 1, 1), None).await.expect("membership");
     }
     let arr = revenue_metric(c, "New ARR").await;
     Org {
@@ -125,18 +123,11 @@ async fn lifecycle_transitions() {
             ..Default::default()
         })
         .await;
-    assert_eq!(
-        reason(&expect_code(late, Code::FailedPrecondition)),
-        "MILESTONE_CLOSED"
-    );
+    assert_eq!(reason(&expect_code(late, Code::FailedPrecondition)), "MILESTONE_CLOSED");
 
-    let draft = create_milestone(
-        &mut c,
-        milestone_in(&o.bob.name, &o.arr.name, "FY2027-Q1", 1),
-        false,
-    )
-    .await
-    .expect("draft");
+    let draft = create_milestone(&mut c, milestone_in(&o.bob.name, &o.arr.name, "FY2027-Q1", 1), false)
+        .await
+        .expect("draft");
     c.delete_milestone(pb::DeleteMilestoneRequest {
         name: draft.name.clone(),
         ..Default::default()
@@ -144,8 +135,7 @@ async fn lifecycle_transitions() {
     .await
     .expect("delete draft");
     expect_code(
-        c.get_milestone(pb::GetMilestoneRequest { name: draft.name })
-            .await,
+        c.get_milestone(pb::GetMilestoneRequest { name: draft.name }).await,
         Code::NotFound,
     );
     app.stop().await;
@@ -170,23 +160,13 @@ async fn list_filters_and_pagination() {
         }
     }
     let other = team(&mut c, "AMER", "").await;
-    create_milestone(
-        &mut c,
-        milestone_in(&other.name, &o.arr.name, "FY2027-Q1", 100),
-        false,
-    )
-    .await
-    .expect("amer");
+    create_milestone(&mut c, milestone_in(&other.name, &o.arr.name, "FY2027-Q1", 100), false)
+        .await
+        .expect("amer");
 
     let list = |r: pb::ListMilestonesRequest| {
         let mut c = c.clone();
-        async move {
-            c.list_milestones(r)
-                .await
-                .expect("list")
-                .into_inner()
-                .milestones
-        }
+        async move { c.list_milestones(r).await.expect("list").into_inner().milestones }
     };
     assert_eq!(
         list(pb::ListMilestonesRequest {
@@ -300,13 +280,9 @@ async fn stale_etag_is_rejected() {
     let app = TestApp::spawn().await;
     let mut c = app.admin("acme").await;
     let o = org(&mut c).await;
-    let m = create_milestone(
-        &mut c,
-        milestone_in(&o.ada.name, &o.arr.name, "FY2027-Q1", 100),
-        false,
-    )
-    .await
-    .expect("create");
+    let m = create_milestone(&mut c, milestone_in(&o.ada.name, &o.arr.name, "FY2027-Q1", 100), false)
+        .await
+        .expect("create");
     let rename = |etag: &str, name: &str| pb::UpdateMilestoneRequest {
         milestone: Some(pb::Milestone {
             name: m.name.clone(),
@@ -326,9 +302,7 @@ async fn stale_etag_is_rejected() {
     let stale = c.update_milestone(rename(&m.etag, "Second")).await;
     assert_eq!(reason(&expect_code(stale, Code::Aborted)), "ETAG_MISMATCH");
     let now = c
-        .get_milestone(pb::GetMilestoneRequest {
-            name: m.name.clone(),
-        })
+        .get_milestone(pb::GetMilestoneRequest { name: m.name.clone() })
         .await
         .expect("get")
         .into_inner();
@@ -346,13 +320,9 @@ async fn revisions_keep_the_history_of_terms() {
     let app = TestApp::spawn().await;
     let mut c = app.admin("acme").await;
     let o = org(&mut c).await;
-    let draft = create_milestone(
-        &mut c,
-        milestone_in(&o.ada.name, &o.arr.name, "FY2027-Q1", 100),
-        false,
-    )
-    .await
-    .expect("create");
+    let draft = create_milestone(&mut c, milestone_in(&o.ada.name, &o.arr.name, "FY2027-Q1", 100), false)
+        .await
+        .expect("create");
     let set_target = |name: &str, target: i64, reason: &str| pb::UpdateMilestoneRequest {
         milestone: Some(pb::Milestone {
             name: name.into(),
@@ -431,10 +401,7 @@ async fn revisions_keep_the_history_of_terms() {
     assert_eq!(revisions[0].revision_number, 1);
     assert_eq!(revisions[0].reason, "territory grew");
     assert_eq!(revisions[0].changed_fields, vec!["target"]);
-    assert_eq!(
-        revisions[0].previous_terms.as_ref().map(|t| t.target),
-        Some(150)
-    );
+    assert_eq!(revisions[0].previous_terms.as_ref().map(|t| t.target), Some(150));
     assert_eq!(revisions[0].new_terms.as_ref().map(|t| t.target), Some(200));
     assert_eq!(revisions[1].changed_fields, vec!["end_date"]);
     assert_eq!(
@@ -452,27 +419,15 @@ async fn reviews_and_due_reviews() {
     let app = TestApp::spawn().await;
     let mut c = app.admin("acme").await;
     let o = org(&mut c).await;
-    let m = create_milestone(
-        &mut c,
-        milestone_in(&o.ada.name, &o.arr.name, "FY2030", 1_000),
-        true,
-    )
-    .await
-    .expect("create active");
-    let other = create_milestone(
-        &mut c,
-        milestone_in(&o.bob.name, &o.arr.name, "FY2030", 1_000),
-        true,
-    )
-    .await
-    .expect("create active");
-    create_milestone(
-        &mut c,
-        milestone_in(&o.cy.name, &o.arr.name, "FY2030", 1_000),
-        false,
-    )
-    .await
-    .expect("draft is never due");
+    let m = create_milestone(&mut c, milestone_in(&o.ada.name, &o.arr.name, "FY2030", 1_000), true)
+        .await
+        .expect("create active");
+    let other = create_milestone(&mut c, milestone_in(&o.bob.name, &o.arr.name, "FY2030", 1_000), true)
+        .await
+        .expect("create active");
+    create_milestone(&mut c, milestone_in(&o.cy.name, &o.arr.name, "FY2030", 1_000), false)
+        .await
+        .expect("draft is never due");
     let first_due = m.next_review_date.expect("scheduled");
 
     let due = |y| pb::ListDueReviewsRequest {
@@ -548,9 +503,7 @@ async fn reviews_and_due_reviews() {
         .into_inner();
     assert_eq!(adjust.revision, format!("{}/revisions/1", m.name));
     let now = c
-        .get_milestone(pb::GetMilestoneRequest {
-            name: m.name.clone(),
-        })
+        .get_milestone(pb::GetMilestoneRequest { name: m.name.clone() })
         .await
         .expect("get")
         .into_inner();
@@ -571,13 +524,9 @@ async fn reviews_and_due_reviews() {
     assert_eq!(reviews.len(), 2);
 
     // Drafts are not reviewed.
-    let draft = create_milestone(
-        &mut c,
-        milestone_in(&o.bob.name, &o.arr.name, "FY2031", 5),
-        false,
-    )
-    .await
-    .expect("d");
+    let draft = create_milestone(&mut c, milestone_in(&o.bob.name, &o.arr.name, "FY2031", 5), false)
+        .await
+        .expect("d");
     let r = c
         .review_milestone(pb::ReviewMilestoneRequest {
             name: draft.name,
@@ -657,16 +606,8 @@ async fn request_ids_make_creates_idempotent() {
         activate: true,
         request_id: "6f1c2a8e-0b7d-4f55-9a57-3b4f2f7d9e10".into(),
     };
-    let first = c
-        .create_milestone(req(100))
-        .await
-        .expect("first")
-        .into_inner();
-    let retry = c
-        .create_milestone(req(100))
-        .await
-        .expect("retry")
-        .into_inner();
+    let first = c.create_milestone(req(100)).await.expect("first").into_inner();
+    let retry = c.create_milestone(req(100)).await.expect("retry").into_inner();
     assert_eq!(first, retry);
     let reused = c.create_milestone(req(999)).await;
     assert_eq!(

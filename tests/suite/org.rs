@@ -46,11 +46,7 @@ async fn team_tree_members_and_memberships() {
         .await
         .expect("list")
         .into_inner();
-    let mut names: Vec<_> = emea_jan
-        .members
-        .iter()
-        .map(|m| m.display_name.clone())
-        .collect();
+    let mut names: Vec<_> = emea_jan.members.iter().map(|m| m.display_name.clone()).collect();
     names.sort();
     assert_eq!(
         names,
@@ -160,11 +156,7 @@ async fn settings_drive_the_fiscal_calendar() {
         .expect("settings")
         .into_inner();
     assert_eq!(
-        (
-            s.time_zone.as_str(),
-            s.fiscal_year_start_month,
-            s.review_cadence_months
-        ),
+        (s.time_zone.as_str(), s.fiscal_year_start_month, s.review_cadence_months),
         ("UTC", 1, 3)
     );
 
@@ -206,10 +198,7 @@ async fn settings_drive_the_fiscal_calendar() {
         .expect("update settings")
         .into_inner();
     assert_eq!(updated.fiscal_year_start_month, 2);
-    assert_eq!(
-        updated.review_cadence_months, 3,
-        "fields outside the mask are kept"
-    );
+    assert_eq!(updated.review_cadence_months, 3, "fields outside the mask are kept");
     // The old etag is now stale.
     let stale = c
         .update_tenant_settings(pb::UpdateTenantSettingsRequest {
@@ -235,10 +224,7 @@ async fn settings_drive_the_fiscal_calendar() {
     )
     .await
     .expect("milestone");
-    assert_eq!(
-        (m.start_date, m.end_date),
-        (date(2026, 2, 1), date(2026, 4, 30))
-    );
+    assert_eq!((m.start_date, m.end_date), (date(2026, 2, 1), date(2026, 4, 30)));
     assert_eq!(m.fiscal_period, "FY2027-Q1");
     app.stop().await;
 }

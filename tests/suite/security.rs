@@ -76,37 +76,25 @@ async fn other_tenants_see_nothing() {
     let mut acme = app.admin("acme").await;
     let t = team(&mut acme, "Acme Sales", "").await;
     let arr = revenue_metric(&mut acme, "ARR").await;
-    let m = create_milestone(
-        &mut acme,
-        milestone_in(&t.name, &arr.name, "FY2027-Q1", 10),
-        false,
-    )
-    .await
-    .expect("m");
+    let m = create_milestone(&mut acme, milestone_in(&t.name, &arr.name, "FY2027-Q1", 10), false)
+        .await
+        .expect("m");
 
     let mut globex = app.admin("globex").await;
     let s = expect_code(
-        globex
-            .get_team(pb::GetTeamRequest {
-                name: t.name.clone(),
-            })
-            .await,
+        globex.get_team(pb::GetTeamRequest { name: t.name.clone() }).await,
         Code::NotFound,
     );
     assert!(!s.message().contains("acme"));
     expect_code(
         globex
-            .get_milestone(pb::GetMilestoneRequest {
-                name: m.name.clone(),
-            })
+            .get_milestone(pb::GetMilestoneRequest { name: m.name.clone() })
             .await,
         Code::NotFound,
     );
     expect_code(
         globex
-            .get_alignment(pb::GetAlignmentRequest {
-                name: m.name.clone(),
-            })
+            .get_alignment(pb::GetAlignmentRequest { name: m.name.clone() })
             .await,
         Code::NotFound,
     );
@@ -138,12 +126,7 @@ async fn other_tenants_see_nothing() {
     // Using another tenant's team as owner or parent is NOT_FOUND too.
     let g_arr = revenue_metric(&mut globex, "ARR").await;
     expect_code(
-        create_milestone(
-            &mut globex,
-            milestone_in(&t.name, &g_arr.name, "FY2027-Q1", 1),
-            false,
-        )
-        .await,
+        create_milestone(&mut globex, milestone_in(&t.name, &g_arr.name, "FY2027-Q1", 1), false).await,
         Code::NotFound,
     );
     expect_code(
@@ -186,11 +169,9 @@ async fn roles_limit_writes() {
     let arr = revenue_metric(&mut admin, "ARR").await;
 
     let mut rep = app.goal("acme", &[Role::Rep]).await;
-    rep.get_team(pb::GetTeamRequest {
-        name: t.name.clone(),
-    })
-    .await
-    .expect("reps read");
+    rep.get_team(pb::GetTeamRequest { name: t.name.clone() })
+        .await
+        .expect("reps read");
     let denied = rep
         .create_team(pb::CreateTeamRequest {
             team: Some(pb::Team {
@@ -205,28 +186,18 @@ async fn roles_limit_writes() {
         "PERMISSION_DENIED"
     );
     expect_code(
-        create_milestone(
-            &mut rep,
-            milestone_in(&t.name, &arr.name, "FY2027-Q1", 1),
-            false,
-        )
-        .await,
+        create_milestone(&mut rep, milestone_in(&t.name, &arr.name, "FY2027-Q1", 1), false).await,
         Code::PermissionDenied,
     );
     expect_code(
-        rep.watch_changes(pb::WatchChangesRequest { after_sequence: 0 })
-            .await,
+        rep.watch_changes(pb::WatchChangesRequest { after_sequence: 0 }).await,
         Code::PermissionDenied,
     );
 
     let mut manager = app.goal("acme", &[Role::Manager]).await;
-    create_milestone(
-        &mut manager,
-        milestone_in(&t.name, &arr.name, "FY2027-Q1", 1),
-        true,
-    )
-    .await
-    .expect("managers set milestones");
+    create_milestone(&mut manager, milestone_in(&t.name, &arr.name, "FY2027-Q1", 1), true)
+        .await
+        .expect("managers set milestones");
     expect_code(
         manager
             .create_metric(pb::CreateMetricRequest {

@@ -31,10 +31,7 @@ async fn health_and_reflection_are_served() {
             service: "nope.v1.Nothing".into(),
         })
         .await;
-    assert_eq!(
-        unknown.expect_err("unknown service").code(),
-        tonic::Code::NotFound
-    );
+    assert_eq!(unknown.expect_err("unknown service").code(), tonic::Code::NotFound);
 
     let mut reflection = ServerReflectionClient::new(app.channel().await);
     let request = ServerReflectionRequest {
@@ -48,18 +45,13 @@ async fn health_and_reflection_are_served() {
         .into_inner();
     let response = responses.next().await.expect("one response").expect("ok");
     let services: Vec<String> = match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
+        Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
         other => panic!("unexpected reflection response {other:?}"),
     };
     assert!(
         services.contains(&"milestones.goal.v1.GoalService".to_string()),
         "{services:?}"
     );
-    assert!(
-        services.contains(&"grpc.health.v1.Health".to_string()),
-        "{services:?}"
-    );
+    assert!(services.contains(&"grpc.health.v1.Health".to_string()), "{services:?}");
     app.stop().await;
 }

@@ -52,13 +52,9 @@ async fn bad_milestones_are_refused_and_write_nothing() {
         .await
         .expect("calls")
         .into_inner();
-    let parent = create_milestone(
-        &mut c,
-        milestone_in(&t.name, &arr.name, "FY2027-Q1", 1_000),
-        true,
-    )
-    .await
-    .expect("parent");
+    let parent = create_milestone(&mut c, milestone_in(&t.name, &arr.name, "FY2027-Q1", 1_000), true)
+        .await
+        .expect("parent");
     let before = written(&mut c).await;
 
     let base = || milestone_in(&t.name, &arr.name, "FY2027-Q1", 1_000);
@@ -89,16 +85,8 @@ async fn bad_milestones_are_refused_and_write_nothing() {
             }),
             vec!["milestone.end_date"],
         ),
-        (
-            "zero target",
-            with(&|m| m.target = 0),
-            vec!["milestone.target"],
-        ),
-        (
-            "negative target",
-            with(&|m| m.target = -5),
-            vec!["milestone.target"],
-        ),
+        ("zero target", with(&|m| m.target = 0), vec!["milestone.target"]),
+        ("negative target", with(&|m| m.target = -5), vec!["milestone.target"]),
         (
             "stretch below target",
             with(&|m| m.stretch_target = Some(999)),
@@ -173,47 +161,21 @@ async fn bad_milestones_are_refused_and_write_nothing() {
         ),
     ];
     for (case, milestone, fields) in cases {
-        let status = expect_code(
-            create_milestone(&mut c, milestone, false).await,
-            Code::InvalidArgument,
-        );
-        assert_eq!(
-            violated_fields(&status),
-            fields,
-            "case {case:?}: {status:?}"
-        );
+        let status = expect_code(create_milestone(&mut c, milestone, false).await, Code::InvalidArgument);
+        assert_eq!(violated_fields(&status), fields, "case {case:?}: {status:?}");
         assert_eq!(reason(&status), "INVALID_FIELDS");
     }
 
     // Unknown references: well-formed names that do not exist.
     for (case, milestone) in [
-        (
-            "unknown owner",
-            with(&|m| m.owner = "teams/0000-missing".into()),
-        ),
-        (
-            "unknown metric",
-            with(&|m| m.metric = "metrics/0000-missing".into()),
-        ),
-        (
-            "unknown parent",
-            with(&|m| m.parent = "milestones/0000-missing".into()),
-        ),
+        ("unknown owner", with(&|m| m.owner = "teams/0000-missing".into())),
+        ("unknown metric", with(&|m| m.metric = "metrics/0000-missing".into())),
+        ("unknown parent", with(&|m| m.parent = "milestones/0000-missing".into())),
     ] {
-        let status = expect_code(
-            create_milestone(&mut c, milestone, false).await,
-            Code::NotFound,
-        );
-        assert!(
-            status.message().contains("missing"),
-            "case {case:?}: {status:?}"
-        );
+        let status = expect_code(create_milestone(&mut c, milestone, false).await, Code::NotFound);
+        assert!(status.message().contains("missing"), "case {case:?}: {status:?}");
     }
-    assert_eq!(
-        written(&mut c).await,
-        before,
-        "refused requests wrote nothing"
-    );
+    assert_eq!(written(&mut c).await, before, "refused requests wrote nothing");
 
     // A closed parent is a precondition failure.
     c.cancel_milestone(pb::CancelMilestoneRequest {
@@ -223,8 +185,7 @@ async fn bad_milestones_are_refused_and_write_nothing() {
     })
     .await
     .expect("cancel parent");
-    let closed_parent =
-        create_milestone(&mut c, with(&|m| m.parent = parent.name.clone()), false).await;
+    let closed_parent = create_milestone(&mut c, with(&|m| m.parent = parent.name.clone()), false).await;
     assert_eq!(
         reason(&expect_code(closed_parent, Code::FailedPrecondition)),
         "PARENT_CLOSED"

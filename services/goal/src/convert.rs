@@ -9,9 +9,7 @@ use milestones_domain::terms::{Checkpoint, Terms};
 use milestones_runtime::wire::{date_to_wire, micros_to_timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::entity::{
-    member, membership, metric, milestone, review, revision, team, tenant_settings,
-};
+use crate::entity::{member, membership, metric, milestone, review, revision, team, tenant_settings};
 
 /// The etag of a row version.
 pub fn etag(version: i64) -> String {
@@ -262,10 +260,7 @@ pub fn milestone(r: &milestone::Model, calendar: &FiscalCalendar) -> pb::Milesto
         end_date: date(&r.end_date),
         target: r.target,
         stretch_target: r.stretch_target,
-        checkpoints: checkpoints_from_json(&r.checkpoints)
-            .iter()
-            .map(checkpoint)
-            .collect(),
+        checkpoints: checkpoints_from_json(&r.checkpoints).iter().map(checkpoint).collect(),
         parent: r
             .parent_id
             .as_deref()

@@ -73,34 +73,20 @@ fn reply<T>(r: Result<T, ApiError>) -> Reply<T> {
 
 #[tonic::async_trait]
 impl GoalService for GoalApi {
-    async fn get_tenant_settings(
-        &self,
-        req: Request<pb::GetTenantSettingsRequest>,
-    ) -> Reply<pb::TenantSettings> {
+    async fn get_tenant_settings(&self, req: Request<pb::GetTenantSettingsRequest>) -> Reply<pb::TenantSettings> {
         let caller = caller(&req, READERS, "GetTenantSettings")?;
         reply(self.goal.get_settings(&caller).await)
     }
 
-    async fn update_tenant_settings(
-        &self,
-        req: Request<pb::UpdateTenantSettingsRequest>,
-    ) -> Reply<pb::TenantSettings> {
-        let ctx = write_ctx(
-            &req,
-            ADMIN,
-            "UpdateTenantSettings",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn update_tenant_settings(&self, req: Request<pb::UpdateTenantSettingsRequest>) -> Reply<pb::TenantSettings> {
+        let ctx = write_ctx(&req, ADMIN, "UpdateTenantSettings", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         let settings = r
             .tenant_settings
             .ok_or_else(|| status(ApiError::invalid("tenant_settings", "is required")))?;
-        reply(
-            self.goal
-                .update_settings(&ctx, settings, r.update_mask)
-                .await,
-        )
+        reply(self.goal.update_settings(&ctx, settings, r.update_mask).await)
     }
 
     async fn create_team(&self, req: Request<pb::CreateTeamRequest>) -> Reply<pb::Team> {
@@ -129,16 +115,11 @@ impl GoalService for GoalApi {
             r.request_id.clear()
         })?;
         let r = req.into_inner();
-        let team = r
-            .team
-            .ok_or_else(|| status(ApiError::invalid("team", "is required")))?;
+        let team = r.team.ok_or_else(|| status(ApiError::invalid("team", "is required")))?;
         reply(self.goal.update_team(&ctx, team, r.update_mask).await)
     }
 
-    async fn delete_team(
-        &self,
-        req: Request<pb::DeleteTeamRequest>,
-    ) -> Reply<pb::DeleteTeamResponse> {
+    async fn delete_team(&self, req: Request<pb::DeleteTeamRequest>) -> Reply<pb::DeleteTeamResponse> {
         let ctx = write_ctx(&req, ADMIN, "DeleteTeam", &req.get_ref().request_id, |r| {
             r.request_id.clear()
         })?;
@@ -147,13 +128,9 @@ impl GoalService for GoalApi {
     }
 
     async fn create_member(&self, req: Request<pb::CreateMemberRequest>) -> Reply<pb::Member> {
-        let ctx = write_ctx(
-            &req,
-            ADMIN,
-            "CreateMember",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+        let ctx = write_ctx(&req, ADMIN, "CreateMember", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let member = req
             .into_inner()
             .member
@@ -166,22 +143,15 @@ impl GoalService for GoalApi {
         reply(self.goal.get_member(&caller, &req.get_ref().name).await)
     }
 
-    async fn list_members(
-        &self,
-        req: Request<pb::ListMembersRequest>,
-    ) -> Reply<pb::ListMembersResponse> {
+    async fn list_members(&self, req: Request<pb::ListMembersRequest>) -> Reply<pb::ListMembersResponse> {
         let caller = caller(&req, READERS, "ListMembers")?;
         reply(self.goal.list_members(&caller, req.into_inner()).await)
     }
 
     async fn update_member(&self, req: Request<pb::UpdateMemberRequest>) -> Reply<pb::Member> {
-        let ctx = write_ctx(
-            &req,
-            ADMIN,
-            "UpdateMember",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+        let ctx = write_ctx(&req, ADMIN, "UpdateMember", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         let member = r
             .member
@@ -189,32 +159,18 @@ impl GoalService for GoalApi {
         reply(self.goal.update_member(&ctx, member, r.update_mask).await)
     }
 
-    async fn delete_member(
-        &self,
-        req: Request<pb::DeleteMemberRequest>,
-    ) -> Reply<pb::DeleteMemberResponse> {
-        let ctx = write_ctx(
-            &req,
-            ADMIN,
-            "DeleteMember",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn delete_member(&self, req: Request<pb::DeleteMemberRequest>) -> Reply<pb::DeleteMemberResponse> {
+        let ctx = write_ctx(&req, ADMIN, "DeleteMember", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         reply(self.goal.delete_member(&ctx, &r.name, &r.etag).await)
     }
 
-    async fn create_membership(
-        &self,
-        req: Request<pb::CreateMembershipRequest>,
-    ) -> Reply<pb::Membership> {
-        let ctx = write_ctx(
-            &req,
-            ADMIN,
-            "CreateMembership",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn create_membership(&self, req: Request<pb::CreateMembershipRequest>) -> Reply<pb::Membership> {
+        let ctx = write_ctx(&req, ADMIN, "CreateMembership", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let m = req
             .into_inner()
             .membership
@@ -222,33 +178,20 @@ impl GoalService for GoalApi {
         reply(self.goal.create_membership(&ctx, m).await)
     }
 
-    async fn get_membership(
-        &self,
-        req: Request<pb::GetMembershipRequest>,
-    ) -> Reply<pb::Membership> {
+    async fn get_membership(&self, req: Request<pb::GetMembershipRequest>) -> Reply<pb::Membership> {
         let caller = caller(&req, READERS, "GetMembership")?;
         reply(self.goal.get_membership(&caller, &req.get_ref().name).await)
     }
 
-    async fn list_memberships(
-        &self,
-        req: Request<pb::ListMembershipsRequest>,
-    ) -> Reply<pb::ListMembershipsResponse> {
+    async fn list_memberships(&self, req: Request<pb::ListMembershipsRequest>) -> Reply<pb::ListMembershipsResponse> {
         let caller = caller(&req, READERS, "ListMemberships")?;
         reply(self.goal.list_memberships(&caller, req.into_inner()).await)
     }
 
-    async fn update_membership(
-        &self,
-        req: Request<pb::UpdateMembershipRequest>,
-    ) -> Reply<pb::Membership> {
-        let ctx = write_ctx(
-            &req,
-            ADMIN,
-            "UpdateMembership",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn update_membership(&self, req: Request<pb::UpdateMembershipRequest>) -> Reply<pb::Membership> {
+        let ctx = write_ctx(&req, ADMIN, "UpdateMembership", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         let m = r
             .membership
@@ -260,25 +203,17 @@ impl GoalService for GoalApi {
         &self,
         req: Request<pb::DeleteMembershipRequest>,
     ) -> Reply<pb::DeleteMembershipResponse> {
-        let ctx = write_ctx(
-            &req,
-            ADMIN,
-            "DeleteMembership",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+        let ctx = write_ctx(&req, ADMIN, "DeleteMembership", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         reply(self.goal.delete_membership(&ctx, &r.name, &r.etag).await)
     }
 
     async fn create_metric(&self, req: Request<pb::CreateMetricRequest>) -> Reply<pb::Metric> {
-        let ctx = write_ctx(
-            &req,
-            ADMIN,
-            "CreateMetric",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+        let ctx = write_ctx(&req, ADMIN, "CreateMetric", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let m = req
             .into_inner()
             .metric
@@ -291,22 +226,15 @@ impl GoalService for GoalApi {
         reply(self.goal.get_metric(&caller, &req.get_ref().name).await)
     }
 
-    async fn list_metrics(
-        &self,
-        req: Request<pb::ListMetricsRequest>,
-    ) -> Reply<pb::ListMetricsResponse> {
+    async fn list_metrics(&self, req: Request<pb::ListMetricsRequest>) -> Reply<pb::ListMetricsResponse> {
         let caller = caller(&req, READERS, "ListMetrics")?;
         reply(self.goal.list_metrics(&caller, req.into_inner()).await)
     }
 
     async fn update_metric(&self, req: Request<pb::UpdateMetricRequest>) -> Reply<pb::Metric> {
-        let ctx = write_ctx(
-            &req,
-            ADMIN,
-            "UpdateMetric",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+        let ctx = write_ctx(&req, ADMIN, "UpdateMetric", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         let m = r
             .metric
@@ -314,32 +242,18 @@ impl GoalService for GoalApi {
         reply(self.goal.update_metric(&ctx, m, r.update_mask).await)
     }
 
-    async fn delete_metric(
-        &self,
-        req: Request<pb::DeleteMetricRequest>,
-    ) -> Reply<pb::DeleteMetricResponse> {
-        let ctx = write_ctx(
-            &req,
-            ADMIN,
-            "DeleteMetric",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn delete_metric(&self, req: Request<pb::DeleteMetricRequest>) -> Reply<pb::DeleteMetricResponse> {
+        let ctx = write_ctx(&req, ADMIN, "DeleteMetric", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         reply(self.goal.delete_metric(&ctx, &r.name, &r.etag).await)
     }
 
-    async fn create_milestone(
-        &self,
-        req: Request<pb::CreateMilestoneRequest>,
-    ) -> Reply<pb::Milestone> {
-        let ctx = write_ctx(
-            &req,
-            PLANNERS,
-            "CreateMilestone",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn create_milestone(&self, req: Request<pb::CreateMilestoneRequest>) -> Reply<pb::Milestone> {
+        let ctx = write_ctx(&req, PLANNERS, "CreateMilestone", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         let m = r
             .milestone
@@ -352,25 +266,15 @@ impl GoalService for GoalApi {
         reply(self.goal.get_milestone(&caller, &req.get_ref().name).await)
     }
 
-    async fn list_milestones(
-        &self,
-        req: Request<pb::ListMilestonesRequest>,
-    ) -> Reply<pb::ListMilestonesResponse> {
+    async fn list_milestones(&self, req: Request<pb::ListMilestonesRequest>) -> Reply<pb::ListMilestonesResponse> {
         let caller = caller(&req, READERS, "ListMilestones")?;
         reply(self.goal.list_milestones(&caller, req.into_inner()).await)
     }
 
-    async fn update_milestone(
-        &self,
-        req: Request<pb::UpdateMilestoneRequest>,
-    ) -> Reply<pb::Milestone> {
-        let ctx = write_ctx(
-            &req,
-            PLANNERS,
-            "UpdateMilestone",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn update_milestone(&self, req: Request<pb::UpdateMilestoneRequest>) -> Reply<pb::Milestone> {
+        let ctx = write_ctx(&req, PLANNERS, "UpdateMilestone", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         let m = r
             .milestone
@@ -382,51 +286,26 @@ impl GoalService for GoalApi {
         )
     }
 
-    async fn delete_milestone(
-        &self,
-        req: Request<pb::DeleteMilestoneRequest>,
-    ) -> Reply<pb::DeleteMilestoneResponse> {
-        let ctx = write_ctx(
-            &req,
-            PLANNERS,
-            "DeleteMilestone",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn delete_milestone(&self, req: Request<pb::DeleteMilestoneRequest>) -> Reply<pb::DeleteMilestoneResponse> {
+        let ctx = write_ctx(&req, PLANNERS, "DeleteMilestone", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         reply(self.goal.delete_milestone(&ctx, &r.name, &r.etag).await)
     }
 
-    async fn activate_milestone(
-        &self,
-        req: Request<pb::ActivateMilestoneRequest>,
-    ) -> Reply<pb::Milestone> {
-        let ctx = write_ctx(
-            &req,
-            PLANNERS,
-            "ActivateMilestone",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn activate_milestone(&self, req: Request<pb::ActivateMilestoneRequest>) -> Reply<pb::Milestone> {
+        let ctx = write_ctx(&req, PLANNERS, "ActivateMilestone", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
-        reply(
-            self.goal
-                .transition(&ctx, &r.name, &r.etag, state::ACTIVE, None)
-                .await,
-        )
+        reply(self.goal.transition(&ctx, &r.name, &r.etag, state::ACTIVE, None).await)
     }
 
-    async fn close_milestone(
-        &self,
-        req: Request<pb::CloseMilestoneRequest>,
-    ) -> Reply<pb::Milestone> {
-        let ctx = write_ctx(
-            &req,
-            PLANNERS,
-            "CloseMilestone",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn close_milestone(&self, req: Request<pb::CloseMilestoneRequest>) -> Reply<pb::Milestone> {
+        let ctx = write_ctx(&req, PLANNERS, "CloseMilestone", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         let to = match pb::MilestoneState::try_from(r.outcome) {
             Ok(pb::MilestoneState::Achieved) => state::ACHIEVED,
@@ -445,17 +324,10 @@ impl GoalService for GoalApi {
         )
     }
 
-    async fn cancel_milestone(
-        &self,
-        req: Request<pb::CancelMilestoneRequest>,
-    ) -> Reply<pb::Milestone> {
-        let ctx = write_ctx(
-            &req,
-            PLANNERS,
-            "CancelMilestone",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn cancel_milestone(&self, req: Request<pb::CancelMilestoneRequest>) -> Reply<pb::Milestone> {
+        let ctx = write_ctx(&req, PLANNERS, "CancelMilestone", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         let r = req.into_inner();
         let mut v = milestones_domain::Violations::new();
         v.check_text("reason", &r.reason, 1, 1000);
@@ -475,17 +347,10 @@ impl GoalService for GoalApi {
         reply(self.goal.list_revisions(&caller, req.into_inner()).await)
     }
 
-    async fn review_milestone(
-        &self,
-        req: Request<pb::ReviewMilestoneRequest>,
-    ) -> Reply<pb::MilestoneReview> {
-        let ctx = write_ctx(
-            &req,
-            PLANNERS,
-            "ReviewMilestone",
-            &req.get_ref().request_id,
-            |r| r.request_id.clear(),
-        )?;
+    async fn review_milestone(&self, req: Request<pb::ReviewMilestoneRequest>) -> Reply<pb::MilestoneReview> {
+        let ctx = write_ctx(&req, PLANNERS, "ReviewMilestone", &req.get_ref().request_id, |r| {
+            r.request_id.clear()
+        })?;
         reply(self.goal.review_milestone(&ctx, req.into_inner()).await)
     }
 
@@ -497,10 +362,7 @@ impl GoalService for GoalApi {
         reply(self.goal.list_reviews(&caller, req.into_inner()).await)
     }
 
-    async fn list_due_reviews(
-        &self,
-        req: Request<pb::ListDueReviewsRequest>,
-    ) -> Reply<pb::ListDueReviewsResponse> {
+    async fn list_due_reviews(&self, req: Request<pb::ListDueReviewsRequest>) -> Reply<pb::ListDueReviewsResponse> {
         let caller = caller(&req, READERS, "ListDueReviews")?;
         reply(self.goal.list_due_reviews(&caller, req.into_inner()).await)
     }
@@ -510,18 +372,14 @@ impl GoalService for GoalApi {
         reply(self.goal.get_alignment(&caller, &req.get_ref().name).await)
     }
 
-    type WatchChangesStream =
-        Pin<Box<dyn Stream<Item = Result<pb::WatchChangesResponse, Status>> + Send>>;
+    type WatchChangesStream = Pin<Box<dyn Stream<Item = Result<pb::WatchChangesResponse, Status>> + Send>>;
 
-    async fn watch_changes(
-        &self,
-        req: Request<pb::WatchChangesRequest>,
-    ) -> Reply<Self::WatchChangesStream> {
+    async fn watch_changes(&self, req: Request<pb::WatchChangesRequest>) -> Reply<Self::WatchChangesStream> {
         let caller = caller(&req, FEED_READERS, "WatchChanges")?;
         let items = CHANGE_LOG
             .watch(
                 self.goal.db.clone(),
-                caller.tenant_id,
+                caller.feed_scope(),
                 req.get_ref().after_sequence,
                 self.goal.notifier.clone(),
                 self.timing,
@@ -532,13 +390,12 @@ impl GoalService for GoalApi {
         let stream = items.map(|item| {
             let kind = match item.map_err(status)? {
                 FeedItem::Event(e) => {
-                    let mut event =
-                        pb::ChangeEvent::decode(e.payload.as_slice()).map_err(|err| {
-                            status(ApiError::Internal(anyhow::anyhow!(
-                                "stored event {} does not decode: {err}",
-                                e.sequence
-                            )))
-                        })?;
+                    let mut event = pb::ChangeEvent::decode(e.payload.as_slice()).map_err(|err| {
+                        status(ApiError::Internal(anyhow::anyhow!(
+                            "stored event {} does not decode: {err}",
+                            e.sequence
+                        )))
+                    })?;
                     event.sequence = e.sequence;
                     event.event_time = Some(micros_to_timestamp(e.create_time));
                     pb::watch_changes_response::Kind::Event(event)
@@ -546,9 +403,7 @@ impl GoalService for GoalApi {
                 FeedItem::Heartbeat { head_sequence } => {
                     pb::watch_changes_response::Kind::Heartbeat(pb::FeedHeartbeat {
                         head_sequence,
-                        heartbeat_time: Some(micros_to_timestamp(
-                            milestones_runtime::wire::now_micros(),
-                        )),
+                        heartbeat_time: Some(micros_to_timestamp(milestones_runtime::wire::now_micros())),
                     })
                 }
             };

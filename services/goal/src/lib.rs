@@ -38,10 +38,7 @@ pub struct GoalService {
 impl GoalService {
     /// Connects to the configured database, applies pending migrations, and
     /// prepares the handler. `stop_feeds` ends open feeds on shutdown.
-    pub async fn build(
-        settings: &Settings,
-        stop_feeds: watch::Receiver<bool>,
-    ) -> anyhow::Result<Self> {
+    pub async fn build(settings: &Settings, stop_feeds: watch::Receiver<bool>) -> anyhow::Result<Self> {
         let url = settings.goal.url_for("goal", &settings.data_dir);
         let db = Db::connect(&url, settings.goal.max_connections).await?;
         migrate(&db).await?;

@@ -9,8 +9,7 @@
 #![allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
 
 /// The encoded `FileDescriptorSet` of every file in `proto/`, for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/milestones_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/milestones_descriptor.bin"));
 
 pub mod google {
     pub mod r#type {

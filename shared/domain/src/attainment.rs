@@ -20,9 +20,7 @@ pub fn basis_points(value: i64, target: i64) -> i64 {
 /// The sum of `values`, or `None` on overflow, so a sum that does not fit is
 /// an error rather than a wrapped number.
 pub fn checked_sum(values: impl IntoIterator<Item = i64>) -> Option<i64> {
-    values
-        .into_iter()
-        .try_fold(0i64, |acc, v| acc.checked_add(v))
+    values.into_iter().try_fold(0i64, |acc, v| acc.checked_add(v))
 }
 
 #[cfg(test)]

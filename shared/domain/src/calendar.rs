@@ -58,8 +58,7 @@ pub fn parse_date(s: &str) -> Option<NaiveDate> {
 
 /// `d` plus `months`, clamped to the end of the month (Jan 31 + 1 = Feb 28).
 pub fn add_months(d: NaiveDate, months: u32) -> NaiveDate {
-    d.checked_add_months(Months::new(months))
-        .unwrap_or(NaiveDate::MAX)
+    d.checked_add_months(Months::new(months)).unwrap_or(NaiveDate::MAX)
 }
 
 /// Which part of a fiscal year a period is.
@@ -87,9 +86,7 @@ impl FiscalPeriod {
     /// Parses a period name (case-insensitive). The error says which forms
     /// are accepted.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let err = || {
-            format!("{s:?} is not a fiscal period: use FY2027, FY2027-H1, FY2027-Q1 or FY2027-M01")
-        };
+        let err = || format!("{s:?} is not a fiscal period: use FY2027, FY2027-H1, FY2027-Q1 or FY2027-M01");
         let upper = s.trim().to_ascii_uppercase();
         let rest = upper.strip_prefix("FY").ok_or_else(err)?;
         let (year, part) = match rest.split_once('-') {
@@ -145,9 +142,7 @@ impl Default for FiscalCalendar {
 impl FiscalCalendar {
     /// A calendar whose year starts in `start_month` (1..=12).
     pub fn new(start_month: u32) -> Option<Self> {
-        (1..=12)
-            .contains(&start_month)
-            .then_some(Self { start_month })
+        (1..=12).contains(&start_month).then_some(Self { start_month })
     }
 
     pub fn start_month(&self) -> u32 {
@@ -158,11 +153,7 @@ impl FiscalCalendar {
     fn year_start(&self, year: i32) -> NaiveDate {
         // FY named after the calendar year it ends in: with a January start
         // it is that calendar year, otherwise it starts the year before.
-        let calendar_year = if self.start_month == 1 {
-            year
-        } else {
-            year - 1
-        };
+        let calendar_year = if self.start_month == 1 { year } else { year - 1 };
         NaiveDate::from_ymd_opt(calendar_year, self.start_month, 1).unwrap_or(NaiveDate::MIN)
     }
 

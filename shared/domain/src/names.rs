@@ -45,10 +45,7 @@ impl Collection {
 
 /// Ids are 1..64 characters of `[A-Za-z0-9_-]`, so names never need escaping.
 pub fn is_valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A milestone's owner: a team or a member.
@@ -70,9 +67,7 @@ impl Owner {
         if name.is_empty() {
             return Err("must not be empty".to_string());
         }
-        Err(format!(
-            "must be teams/{{id}} or members/{{id}}, got {name:?}"
-        ))
+        Err(format!("must be teams/{{id}} or members/{{id}}, got {name:?}"))
     }
 
     pub fn name(&self) -> String {
@@ -90,10 +85,7 @@ mod tests {
     /// Names parse only in their own collection and with a safe id.
     #[test]
     fn parses_names_in_their_collection() {
-        assert_eq!(
-            Collection::Teams.parse("teams/abc-1"),
-            Ok("abc-1".to_string())
-        );
+        assert_eq!(Collection::Teams.parse("teams/abc-1"), Ok("abc-1".to_string()));
         assert!(Collection::Teams.parse("members/abc").is_err());
         assert!(Collection::Teams.parse("teams/").is_err());
         assert!(Collection::Teams.parse("teams/a/b").is_err());

@@ -40,9 +40,8 @@ impl TenantSettings {
 
 /// Parses an IANA time zone name, with a message that says what is expected.
 pub fn parse_time_zone(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>().map_err(|_| {
-        format!("{name:?} is not an IANA time zone name such as Europe/Berlin or America/New_York")
-    })
+    name.parse::<Tz>()
+        .map_err(|_| format!("{name:?} is not an IANA time zone name such as Europe/Berlin or America/New_York"))
 }
 
 #[cfg(test)]
@@ -57,14 +56,8 @@ mod tests {
             time_zone: parse_time_zone("America/Los_Angeles").expect("known zone"),
             ..TenantSettings::default()
         };
-        let now = Utc
-            .with_ymd_and_hms(2027, 1, 1, 3, 0, 0)
-            .single()
-            .expect("valid");
-        assert_eq!(
-            s.today(now),
-            NaiveDate::from_ymd_opt(2026, 12, 31).expect("valid")
-        );
+        let now = Utc.with_ymd_and_hms(2027, 1, 1, 3, 0, 0).single().expect("valid");
+        assert_eq!(s.today(now), NaiveDate::from_ymd_opt(2026, 12, 31).expect("valid"));
         assert!(parse_time_zone("Mars/Olympus").is_err());
     }
 }

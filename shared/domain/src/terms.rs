@@ -34,29 +34,20 @@ impl Terms {
     pub fn validate(&self) -> Violations {
         let mut v = Violations::new();
         if self.target <= 0 {
-            v.add(
-                "target",
-                format!("must be greater than zero (got {})", self.target),
-            );
+            v.add("target", format!("must be greater than zero (got {})", self.target));
         }
         if let Some(stretch) = self.stretch_target {
             if stretch <= self.target {
                 v.add(
                     "stretch_target",
-                    format!(
-                        "must be greater than the target {} (got {stretch})",
-                        self.target
-                    ),
+                    format!("must be greater than the target {} (got {stretch})", self.target),
                 );
             }
         }
         if self.checkpoints.len() > MAX_CHECKPOINTS {
             v.add(
                 "checkpoints",
-                format!(
-                    "at most {MAX_CHECKPOINTS} checkpoints (got {})",
-                    self.checkpoints.len()
-                ),
+                format!("at most {MAX_CHECKPOINTS} checkpoints (got {})", self.checkpoints.len()),
             );
         }
         let mut previous_target: Option<i64> = None;
@@ -67,10 +58,7 @@ impl Terms {
                 v.add(field("display_name"), "must be at most 200 characters");
             }
             if c.target <= 0 {
-                v.add(
-                    field("target"),
-                    format!("must be greater than zero (got {})", c.target),
-                );
+                v.add(field("target"), format!("must be greater than zero (got {})", c.target));
             } else if c.target > self.target && self.target > 0 {
                 v.add(
                     field("target"),

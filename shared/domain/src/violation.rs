@@ -57,10 +57,7 @@ impl Violations {
                 self.add(field, format!("must be at least {min} characters"));
             }
         } else if len > max {
-            self.add(
-                field,
-                format!("must be at most {max} characters (got {len})"),
-            );
+            self.add(field, format!("must be at most {max} characters (got {len})"));
         }
     }
 }

@@ -42,6 +42,11 @@ impl Role {
     }
 }
 
+/// The tenant claim of the suite's own services, which act for every tenant
+/// (e.g. progress consuming goal's change feed). Only honoured together with
+/// the `service` role.
+pub const ALL_TENANTS: &str = "*";
+
 /// The authenticated caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -60,14 +65,21 @@ impl Caller {
         if self.has_any(roles) {
             Ok(())
         } else {
-            let names: Vec<String> = roles
-                .iter()
-                .map(|r| format!("{r:?}").to_lowercase())
-                .collect();
+            let names: Vec<String> = roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
             Err(ApiError::permission_denied(format!(
                 "{action} needs one of the roles: {}",
                 names.join(", ")
             )))
+        }
+    }
+
+    /// The tenant a feed read is scoped to: the caller's, or every tenant
+    /// (`None`) for a suite service whose token says `*`.
+    pub fn feed_scope(&self) -> Option<String> {
+        if self.tenant_id == ALL_TENANTS && self.roles.contains(&Role::Service) {
+            None
+        } else {
+            Some(self.tenant_id.clone())
         }
     }
 
@@ -129,8 +141,7 @@ impl Authenticator {
 
     /// Verifies `token` and returns its caller, or why it was refused.
     pub fn verify(&self, token: &str) -> Result<Caller, String> {
-        let data = decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| format!("token rejected: {e}"))?;
+        let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| format!("token rejected: {e}"))?;
         let claims = data.claims;
         if claims.tenant.is_empty() || claims.tenant.len() > 64 {
             return Err("token has no usable tenant claim".to_string());
@@ -172,9 +183,7 @@ impl Authenticator {
                 request.extensions_mut().insert(caller);
                 Ok(request)
             }
-            Err(detail) => {
-                Err(ApiError::Unauthenticated { detail }.into_status("auth.milestones.dev"))
-            }
+            Err(detail) => Err(ApiError::Unauthenticated { detail }.into_status("auth.milestones.dev")),
         }
     }
 }
@@ -192,10 +201,7 @@ pub fn mint_token(
     let claims = Claims {
         sub: subject.to_string(),
         tenant: tenant.to_string(),
-        roles: roles
-            .iter()
-            .map(|r| format!("{r:?}").to_lowercase())
-            .collect(),
+        roles: roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect(),
         iss: config.issuer.clone(),
         aud: config.audience.clone(),
         exp: now + ttl.as_secs(),
@@ -227,8 +233,7 @@ mod tests {
     #[test]
     fn minted_token_verifies() {
         let c = config("s3cret-s3cret-s3cret-s3cret-s3cret");
-        let token =
-            mint_token(&c, "acme", "ada", &[Role::Admin], Duration::from_secs(60)).expect("mint");
+        let token = mint_token(&c, "acme", "ada", &[Role::Admin], Duration::from_secs(60)).expect("mint");
         let caller = Authenticator::new(&c).verify(&token).expect("verifies");
         assert_eq!(caller.tenant_id, "acme");
         assert_eq!(caller.subject, "ada");
@@ -255,8 +260,7 @@ mod tests {
         let t = mint_token(&wrong_aud, "acme", "ada", &[], Duration::from_secs(60)).expect("mint");
         assert!(auth.verify(&t).is_err());
         // alg: none with a valid-looking payload.
-        let valid =
-            mint_token(&c, "acme", "ada", &[Role::Admin], Duration::from_secs(60)).expect("mint");
+        let valid = mint_token(&c, "acme", "ada", &[Role::Admin], Duration::from_secs(60)).expect("mint");
         let payload = valid.split('.').nth(1).expect("payload");
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
         assert!(auth.verify(&none).is_err());

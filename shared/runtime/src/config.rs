@@ -182,9 +182,7 @@ impl DatabaseSettings {
         let url = &self.database_url;
         let known = ["postgres://", "postgresql://", "sqlite:"];
         if !url.is_empty() && !known.iter().any(|k| url.starts_with(k)) {
-            p.push(format!(
-                "{key}.database_url: must start with postgres:// or sqlite:"
-            ));
+            p.push(format!("{key}.database_url: must start with postgres:// or sqlite:"));
         }
         if self.max_connections == 0 {
             p.push(format!("{key}.max_connections: must be greater than zero"));
@@ -226,10 +224,7 @@ pub fn load(file: Option<&Path>) -> Result<Settings, String> {
     if problems.is_empty() {
         Ok(settings)
     } else {
-        Err(format!(
-            "invalid configuration:\n  - {}",
-            problems.join("\n  - ")
-        ))
+        Err(format!("invalid configuration:\n  - {}", problems.join("\n  - ")))
     }
 }
 
@@ -244,16 +239,10 @@ impl Settings {
             ));
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
-            p.push(format!(
-                "log.format: {:?} must be pretty or json",
-                self.log.format
-            ));
+            p.push(format!("log.format: {:?} must be pretty or json", self.log.format));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
-            p.push(format!(
-                "log.filter: {:?} is not a valid filter",
-                self.log.filter
-            ));
+            p.push(format!("log.filter: {:?} is not a valid filter", self.log.filter));
         }
         match self.auth.mode.as_str() {
             "development" => {}
@@ -262,9 +251,7 @@ impl Settings {
                     p.push("auth.hs256_secret: the development secret is refused in production mode; set MILESTONES__AUTH__HS256_SECRET".to_string());
                 }
             }
-            other => p.push(format!(
-                "auth.mode: {other:?} must be development or production"
-            )),
+            other => p.push(format!("auth.mode: {other:?} must be development or production")),
         }
         if self.auth.hs256_secret.expose_secret().len() < 32 {
             p.push("auth.hs256_secret: must be at least 32 bytes".to_string());
@@ -273,10 +260,7 @@ impl Settings {
             p.push("grpc.max_message_bytes: must be at least 1024".to_string());
         }
         if self.grpc.feed_heartbeat_ms == 0 || self.grpc.feed_poll_ms == 0 {
-            p.push(
-                "grpc.feed_heartbeat_ms and grpc.feed_poll_ms: must be greater than zero"
-                    .to_string(),
-            );
+            p.push("grpc.feed_heartbeat_ms and grpc.feed_poll_ms: must be greater than zero".to_string());
         }
         p.extend(self.goal.problems("goal"));
         p

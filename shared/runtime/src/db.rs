@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
-    DatabaseTransaction, DbErr, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
+    TransactionTrait,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -32,9 +32,8 @@ impl Db {
             if let Some(path) = sqlite_path(url) {
                 if let Some(dir) = std::path::Path::new(&path).parent() {
                     if !dir.as_os_str().is_empty() {
-                        std::fs::create_dir_all(dir).with_context(|| {
-                            format!("cannot create the data folder {}", dir.display())
-                        })?;
+                        std::fs::create_dir_all(dir)
+                            .with_context(|| format!("cannot create the data folder {}", dir.display()))?;
                     }
                 }
             }
@@ -108,9 +107,7 @@ impl Deref for WriteTxn {
 }
 
 fn sqlite_path(url: &str) -> Option<String> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     (!path.is_empty() && path != ":memory:").then(|| path.to_string())
 }
@@ -136,10 +133,7 @@ mod tests {
     /// Passwords never appear in messages about URLs.
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://app:hunter2@db/goal"),
-            "postgres://app:***@db/goal"
-        );
+        assert_eq!(redact("postgres://app:hunter2@db/goal"), "postgres://app:***@db/goal");
         assert_eq!(
             redact("sqlite://data/goal.db?mode=rwc"),
             "sqlite://data/goal.db?mode=rwc"

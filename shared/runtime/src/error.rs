@@ -22,10 +22,7 @@ pub enum ApiError {
     NotFound { resource: String },
     /// Something with the same identity exists already.
     #[error("{message}")]
-    AlreadyExists {
-        reason: &'static str,
-        message: String,
-    },
+    AlreadyExists { reason: &'static str, message: String },
     /// The resource's state forbids the call.
     #[error("{message}")]
     FailedPrecondition {
@@ -35,16 +32,10 @@ pub enum ApiError {
     },
     /// A concurrent change won (stale etag, request in flight, conflict).
     #[error("{message}")]
-    Aborted {
-        reason: &'static str,
-        message: String,
-    },
+    Aborted { reason: &'static str, message: String },
     /// A cursor or token outside what the server holds.
     #[error("{message}")]
-    OutOfRange {
-        reason: &'static str,
-        message: String,
-    },
+    OutOfRange { reason: &'static str, message: String },
     /// The caller is known but may not do this.
     #[error("{message}")]
     PermissionDenied { message: String },
@@ -72,11 +63,7 @@ impl ApiError {
         }
     }
 
-    pub fn precondition(
-        reason: &'static str,
-        subject: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn precondition(reason: &'static str, subject: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::FailedPrecondition {
             reason,
             subject: subject.into(),
@@ -87,9 +74,7 @@ impl ApiError {
     pub fn etag_mismatch(resource: &str) -> Self {
         ApiError::Aborted {
             reason: "ETAG_MISMATCH",
-            message: format!(
-                "{resource} was changed by someone else: read it again and retry with its new etag"
-            ),
+            message: format!("{resource} was changed by someone else: read it again and retry with its new etag"),
         }
     }
 
@@ -138,11 +123,7 @@ impl ApiError {
                 message,
                 reason,
             } => {
-                details.add_precondition_failure_violation(
-                    *reason,
-                    subject.clone(),
-                    message.clone(),
-                );
+                details.add_precondition_failure_violation(*reason, subject.clone(), message.clone());
                 (Code::FailedPrecondition, message.clone())
             }
             ApiError::Aborted { message, .. } => (Code::Aborted, message.clone()),
@@ -152,8 +133,7 @@ impl ApiError {
                 tracing::info!(%detail, "request refused: unauthenticated");
                 (
                     Code::Unauthenticated,
-                    "a valid bearer token is required: send `authorization: Bearer <jwt>`"
-                        .to_string(),
+                    "a valid bearer token is required: send `authorization: Bearer <jwt>`".to_string(),
                 )
             }
             ApiError::Unavailable { message } => {
@@ -161,14 +141,8 @@ impl ApiError {
                 (Code::Unavailable, message.clone())
             }
             ApiError::Internal(cause) => {
-                tracing::error!(
-                    error = format!("{cause:#}"),
-                    "request failed: internal error"
-                );
-                (
-                    Code::Internal,
-                    "internal error; it has been logged".to_string(),
-                )
+                tracing::error!(error = format!("{cause:#}"), "request failed: internal error");
+                (Code::Internal, "internal error; it has been logged".to_string())
             }
         };
         details.set_error_info(reason, domain, metadata);
@@ -202,9 +176,7 @@ impl From<DbErr> for ApiError {
 
 fn is_connection_failure(err: &DbErr) -> bool {
     let text = err.to_string();
-    text.contains("PoolTimedOut")
-        || text.contains("Connection refused")
-        || text.contains("connection closed")
+    text.contains("PoolTimedOut") || text.contains("Connection refused") || text.contains("connection closed")
 }
 
 fn is_serialization_failure(err: &DbErr) -> bool {
@@ -215,10 +187,7 @@ fn is_serialization_failure(err: &DbErr) -> bool {
 
 /// Whether `err` is a unique-constraint violation (a duplicate key).
 pub fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(
-        err.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
 
 #[cfg(test)]
@@ -247,8 +216,8 @@ mod tests {
     /// Internal errors never leak their cause to the caller.
     #[test]
     fn internal_errors_hide_their_cause() {
-        let status = ApiError::Internal(anyhow::anyhow!("SELECT * FROM secrets failed"))
-            .into_status("goal.milestones.dev");
+        let status =
+            ApiError::Internal(anyhow::anyhow!("SELECT * FROM secrets failed")).into_status("goal.milestones.dev");
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("SELECT"));
     }

@@ -99,45 +99,42 @@ impl FeedTable {
             .query_one(Statement::from_sql_and_values(
                 backend,
                 sql,
-                [
-                    Value::from(tenant_id),
-                    Value::from(payload),
-                    Value::from(now_micros),
-                ],
+                [Value::from(tenant_id), Value::from(payload), Value::from(now_micros)],
             ))
             .await?
-            .ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!(
-                    "insert into {} returned no sequence",
-                    self.table
-                ))
-            })?;
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("insert into {} returned no sequence", self.table)))?;
         Ok(row.try_get("", "seq")?)
     }
 
-    /// Events of `tenant_id` after `after`, oldest first, at most `limit`.
+    /// Events of the tenant (or of every tenant, for `None`) after `after`,
+    /// oldest first, at most `limit`.
     pub async fn read_after(
         &self,
         conn: &impl ConnectionTrait,
-        tenant_id: &str,
+        tenant_id: Option<&str>,
         after: i64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, ApiError> {
-        let sql = format!(
-            "SELECT seq, create_time, payload FROM {} WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            self.table
-        );
-        let rows = conn
-            .query_all(Statement::from_sql_and_values(
-                conn.get_database_backend(),
-                sql,
-                [
-                    Value::from(tenant_id),
-                    Value::from(after),
-                    Value::from(limit),
-                ],
-            ))
-            .await?;
+        let backend = conn.get_database_backend();
+        let stmt = match tenant_id {
+            Some(tenant) => Statement::from_sql_and_values(
+                backend,
+                format!(
+                    "SELECT seq, create_time, payload FROM {} WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    self.table
+                ),
+                [Value::from(tenant), Value::from(after), Value::from(limit)],
+            ),
+            None => Statement::from_sql_and_values(
+                backend,
+                format!(
+                    "SELECT seq, create_time, payload FROM {} WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    self.table
+                ),
+                [Value::from(after), Value::from(limit)],
+            ),
+        };
+        let rows = conn.query_all(stmt).await?;
         rows.into_iter()
             .map(|r| {
                 Ok(StoredEvent {
@@ -150,37 +147,39 @@ impl FeedTable {
             .map_err(ApiError::from)
     }
 
-    /// The newest sequence of `tenant_id`, 0 if none.
-    pub async fn head(
-        &self,
-        conn: &impl ConnectionTrait,
-        tenant_id: &str,
-    ) -> Result<i64, ApiError> {
-        let sql = format!(
-            "SELECT COALESCE(MAX(seq), 0) AS head FROM {} WHERE tenant_id = $1",
-            self.table
-        );
-        let row = conn
-            .query_one(Statement::from_sql_and_values(
-                conn.get_database_backend(),
-                sql,
-                [Value::from(tenant_id)],
-            ))
-            .await?;
+    /// The newest sequence of the tenant (or of all, for `None`), 0 if none.
+    pub async fn head(&self, conn: &impl ConnectionTrait, tenant_id: Option<&str>) -> Result<i64, ApiError> {
+        let backend = conn.get_database_backend();
+        let stmt = match tenant_id {
+            Some(tenant) => Statement::from_sql_and_values(
+                backend,
+                format!(
+                    "SELECT COALESCE(MAX(seq), 0) AS head FROM {} WHERE tenant_id = $1",
+                    self.table
+                ),
+                [Value::from(tenant)],
+            ),
+            None => Statement::from_string(
+                backend,
+                format!("SELECT COALESCE(MAX(seq), 0) AS head FROM {}", self.table),
+            ),
+        };
+        let row = conn.query_one(stmt).await?;
         Ok(match row {
             Some(r) => r.try_get("", "head")?,
             None => 0,
         })
     }
 
-    /// Streams the feed of `tenant_id` after `after`: replay, then tail, with
+    /// Streams the feed of `tenant_id` (every tenant for `None`, which only
+    /// the suite's own services may ask for) after `after`: replay, then tail, with
     /// heartbeats when idle. OUT_OF_RANGE (CURSOR_AHEAD) if the cursor is
     /// beyond the head. The stream ends with UNAVAILABLE when `shutdown`
     /// flips to true.
     pub async fn watch(
         self,
         db: Db,
-        tenant_id: String,
+        tenant_id: Option<String>,
         after: i64,
         notifier: FeedNotifier,
         timing: FeedTiming,
@@ -189,7 +188,7 @@ impl FeedTable {
         if after < 0 {
             return Err(ApiError::invalid("after_sequence", "must not be negative"));
         }
-        let head = self.head(db.conn(), &tenant_id).await?;
+        let head = self.head(db.conn(), tenant_id.as_deref()).await?;
         if after > head {
             return Err(ApiError::OutOfRange {
                 reason: "CURSOR_AHEAD",
@@ -206,7 +205,7 @@ impl FeedTable {
             loop {
                 wake.borrow_and_update();
                 let batch = match self
-                    .read_after(db.conn(), &tenant_id, cursor, READ_BATCH)
+                    .read_after(db.conn(), tenant_id.as_deref(), cursor, READ_BATCH)
                     .await
                 {
                     Ok(b) => b,
@@ -231,7 +230,7 @@ impl FeedTable {
                     _ = wake.changed() => {}
                     _ = tokio::time::sleep(timing.poll) => {}
                     _ = tokio::time::sleep_until(heartbeat_at) => {
-                        let head = cursor.max(self.head(db.conn(), &tenant_id).await.unwrap_or(cursor));
+                        let head = cursor.max(self.head(db.conn(), tenant_id.as_deref()).await.unwrap_or(cursor));
                         if tx.send(Ok(FeedItem::Heartbeat { head_sequence: head })).await.is_err() {
                             return;
                         }

@@ -37,11 +37,7 @@ pub fn validate_request_id(request_id: &str) -> Result<(), ApiError> {
 /// Looks the key up: `Ok(Some(response))` if this exact request already
 /// ran, `Ok(None)` if the key is new, FAILED_PRECONDITION (REQUEST_ID_REUSED)
 /// if it ran with a different request.
-pub async fn lookup(
-    conn: &impl ConnectionTrait,
-    key: &Key<'_>,
-    request: &[u8],
-) -> Result<Option<Vec<u8>>, ApiError> {
+pub async fn lookup(conn: &impl ConnectionTrait, key: &Key<'_>, request: &[u8]) -> Result<Option<Vec<u8>>, ApiError> {
     let stmt = Statement::from_sql_and_values(
         conn.get_database_backend(),
         "SELECT request, response FROM idempotency_keys \

@@ -100,10 +100,7 @@ mod tests {
         assert!(Page::parse(2, &token, "state=DRAFT").is_err());
         assert!(Page::parse(2, "garbage!", "state=ACTIVE").is_err());
         assert!(Page::parse(-1, "", "").is_err());
-        assert_eq!(
-            Page::parse(10_000, "", "").expect("coerced").size,
-            MAX_PAGE_SIZE
-        );
+        assert_eq!(Page::parse(10_000, "", "").expect("coerced").size, MAX_PAGE_SIZE);
         let (_, last) = Page::parse(5, "", "q")
             .expect("page")
             .finish(vec![1, 2], |r| r.to_string());

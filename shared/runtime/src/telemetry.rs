@@ -9,16 +9,9 @@ use crate::config::LogSettings;
 pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let result = if settings.format == "json" {
-        fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_current_span(true)
-            .try_init()
+        fmt().json().with_env_filter(filter).with_current_span(true).try_init()
     } else {
-        fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init()
+        fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init()
     };
     // An error means a subscriber is already installed, which is fine.
     let _ = result;

@@ -29,12 +29,8 @@ pub fn date_from_wire(d: Option<&Date>) -> Result<Option<NaiveDate>, String> {
                 .zip(u32::try_from(d.day).ok())
                 .and_then(|(m, day)| NaiveDate::from_ymd_opt(d.year, m, day))
                 .filter(|date| (1900..=9999).contains(&date.year()));
-            ok.map(Some).ok_or_else(|| {
-                format!(
-                    "{}-{:02}-{:02} is not a calendar date",
-                    d.year, d.month, d.day
-                )
-            })
+            ok.map(Some)
+                .ok_or_else(|| format!("{}-{:02}-{:02} is not a calendar date", d.year, d.month, d.day))
         }
     }
 }
@@ -69,9 +65,7 @@ mod tests {
             month: 2,
             day: 30,
         };
-        assert!(date_from_wire(Some(&bad))
-            .expect_err("invalid")
-            .contains("2027-02-30"));
+        assert!(date_from_wire(Some(&bad)).expect_err("invalid").contains("2027-02-30"));
         assert_eq!(date_from_wire(Some(&Date::default())), Ok(None));
         let good = NaiveDate::from_ymd_opt(2027, 3, 31).expect("valid");
         assert_eq!(date_from_wire(Some(&date_to_wire(good))), Ok(Some(good)));

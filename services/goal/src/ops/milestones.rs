@@ -15,13 +15,11 @@ use milestones_runtime::wire::{date_from_wire, now_micros};
 use milestones_runtime::ApiError;
 use sea_orm::sea_query::Condition;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 
-use super::org::{
-    all_teams, load, load_member, load_metric, load_team, members_of_teams_on, parse_name, subtree,
-};
+use super::org::{all_teams, load, load_member, load_metric, load_team, members_of_teams_on, parse_name, subtree};
 use super::{check_etag, mask_paths, new_id, Changes, Ctx, Goal};
 use crate::convert::{self, state};
 use crate::entity::{milestone, review, revision, team};
@@ -237,9 +235,7 @@ impl Goal {
         let mut v = Violations::new();
         v.check_text("milestone.display_name", &m.display_name, 1, 200);
         v.check_text("milestone.description", &m.description, 0, 2000);
-        let owner = Owner::parse(&m.owner)
-            .map_err(|e| v.add("milestone.owner", e))
-            .ok();
+        let owner = Owner::parse(&m.owner).map_err(|e| v.add("milestone.owner", e)).ok();
         let metric_id = Collection::Metrics
             .parse(&m.metric)
             .map_err(|e| v.add("milestone.metric", e))
@@ -318,12 +314,7 @@ impl Goal {
             stretch_target: None,
             checkpoints: String::new(),
             parent_id,
-            state: if activate {
-                state::ACTIVE
-            } else {
-                state::DRAFT
-            }
-            .to_string(),
+            state: if activate { state::ACTIVE } else { state::DRAFT }.to_string(),
             next_review_date: activate.then(|| format_date(settings.next_review(today))),
             revision_count: 0,
             final_value: None,
@@ -343,15 +334,9 @@ impl Goal {
         self.finish(txn, ctx, changes, out).await
     }
 
-    pub async fn get_milestone(
-        &self,
-        caller: &Caller,
-        name: &str,
-    ) -> Result<pb::Milestone, ApiError> {
+    pub async fn get_milestone(&self, caller: &Caller, name: &str) -> Result<pb::Milestone, ApiError> {
         let id = parse_name(Collection::Milestones, "name", name)?;
-        let row = self
-            .load_milestone(self.db.conn(), &caller.tenant_id, &id)
-            .await?;
+        let row = self.load_milestone(self.db.conn(), &caller.tenant_id, &id).await?;
         let settings = self.settings(self.db.conn(), &caller.tenant_id).await?;
         Ok(convert::milestone(&row, &settings.calendar))
     }
@@ -364,29 +349,21 @@ impl Goal {
         let conn = self.db.conn();
         let tenant = &caller.tenant_id;
         let settings = self.settings(conn, tenant).await?;
-        let active_on = date_from_wire(req.active_on.as_ref())
-            .map_err(|e| ApiError::invalid("active_on", e))?;
+        let active_on = date_from_wire(req.active_on.as_ref()).map_err(|e| ApiError::invalid("active_on", e))?;
         let page = Page::parse(
             req.page_size,
             &req.page_token,
             &format!(
                 "milestones|{}|{}|{}|{:?}|{}|{}|{}",
-                req.owner,
-                req.team_subtree,
-                req.fiscal_period,
-                active_on,
-                req.state,
-                req.metric,
-                req.parent
+                req.owner, req.team_subtree, req.fiscal_period, active_on, req.state, req.metric, req.parent
             ),
         )?;
         let mut q = milestone::Entity::find().filter(milestone::Column::TenantId.eq(tenant));
         if !req.owner.is_empty() {
-            let (kind, id) =
-                match Owner::parse(&req.owner).map_err(|e| ApiError::invalid("owner", e))? {
-                    Owner::Team(id) => ("team", id),
-                    Owner::Member(id) => ("member", id),
-                };
+            let (kind, id) = match Owner::parse(&req.owner).map_err(|e| ApiError::invalid("owner", e))? {
+                Owner::Team(id) => ("team", id),
+                Owner::Member(id) => ("member", id),
+            };
             q = q
                 .filter(milestone::Column::OwnerKind.eq(kind))
                 .filter(milestone::Column::OwnerId.eq(id));
@@ -395,9 +372,7 @@ impl Goal {
             let root = parse_name(Collection::Teams, "team_subtree", &req.team_subtree)?;
             load_team(conn, tenant, &root).await?;
             let teams = subtree(&all_teams(conn, tenant).await?, &root);
-            let members =
-                members_of_teams_on(conn, tenant, &teams, settings.today(chrono::Utc::now()))
-                    .await?;
+            let members = members_of_teams_on(conn, tenant, &teams, settings.today(chrono::Utc::now())).await?;
             q = q.filter(
                 Condition::any()
                     .add(
@@ -413,8 +388,7 @@ impl Goal {
             );
         }
         if !req.fiscal_period.is_empty() {
-            let p = FiscalPeriod::parse(&req.fiscal_period)
-                .map_err(|e| ApiError::invalid("fiscal_period", e))?;
+            let p = FiscalPeriod::parse(&req.fiscal_period).map_err(|e| ApiError::invalid("fiscal_period", e))?;
             let range = settings.calendar.range(&p);
             q = q
                 .filter(milestone::Column::StartDate.lte(format_date(range.end())))
@@ -425,24 +399,15 @@ impl Goal {
                 .filter(milestone::Column::StartDate.lte(format_date(day)))
                 .filter(milestone::Column::EndDate.gte(format_date(day)));
         }
-        let wanted_state =
-            pb::MilestoneState::try_from(req.state).unwrap_or(pb::MilestoneState::Unspecified);
+        let wanted_state = pb::MilestoneState::try_from(req.state).unwrap_or(pb::MilestoneState::Unspecified);
         if let Some(s) = convert::state_to_str(wanted_state) {
             q = q.filter(milestone::Column::State.eq(s));
         }
         if !req.metric.is_empty() {
-            q = q.filter(milestone::Column::MetricId.eq(parse_name(
-                Collection::Metrics,
-                "metric",
-                &req.metric,
-            )?));
+            q = q.filter(milestone::Column::MetricId.eq(parse_name(Collection::Metrics, "metric", &req.metric)?));
         }
         if !req.parent.is_empty() {
-            q = q.filter(milestone::Column::ParentId.eq(parse_name(
-                Collection::Milestones,
-                "parent",
-                &req.parent,
-            )?));
+            q = q.filter(milestone::Column::ParentId.eq(parse_name(Collection::Milestones, "parent", &req.parent)?));
         }
         if let Some(after) = &page.after {
             q = q.filter(milestone::Column::Id.gt(after.clone()));
@@ -454,10 +419,7 @@ impl Goal {
             .await?;
         let (rows, next_page_token) = page.finish(rows, |r| r.id.clone());
         Ok(pb::ListMilestonesResponse {
-            milestones: rows
-                .iter()
-                .map(|r| convert::milestone(r, &settings.calendar))
-                .collect(),
+            milestones: rows.iter().map(|r| convert::milestone(r, &settings.calendar)).collect(),
             next_page_token,
         })
     }
@@ -546,9 +508,8 @@ impl Goal {
                 format!("{} is {} and can no longer change", m.name, current.state),
             ));
         }
-        let before = convert::terms_of(&current).ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!("stored terms of {} do not parse", m.name))
-        })?;
+        let before = convert::terms_of(&current)
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored terms of {} do not parse", m.name)))?;
         // Merge the masked term fields into the current terms.
         let mut v = Violations::new();
         let mut after = before.clone();
@@ -613,15 +574,8 @@ impl Goal {
         }
         if let Some(p) = row.parent_id.clone() {
             if paths.contains(&"parent") || !changed.is_empty() {
-                self.check_parent(
-                    &*txn,
-                    tenant,
-                    &p,
-                    &row.metric_id,
-                    &after.period,
-                    Some(&row.id),
-                )
-                .await?;
+                self.check_parent(&*txn, tenant, &p, &row.metric_id, &after.period, Some(&row.id))
+                    .await?;
             }
         }
         let mut changes = Changes::new();
@@ -640,11 +594,7 @@ impl Goal {
         apply_terms(&mut row, &after);
         row.version += 1;
         row.update_time = now_micros();
-        row.clone()
-            .into_active_model()
-            .reset_all()
-            .update(&*txn)
-            .await?;
+        row.clone().into_active_model().reset_all().update(&*txn).await?;
         let out = convert::milestone(&row, &settings.calendar);
         changes.push(pb::ChangeType::Updated, Resource::Milestone(out.clone()));
         self.finish(txn, ctx, changes, out).await
@@ -693,15 +643,8 @@ impl Goal {
         let out = convert::milestone(&current, &settings.calendar);
         let mut changes = Changes::new();
         changes.push(pb::ChangeType::Deleted, Resource::Milestone(out.clone()));
-        self.finish(
-            txn,
-            ctx,
-            changes,
-            pb::DeleteMilestoneResponse {
-                milestone: Some(out),
-            },
-        )
-        .await
+        self.finish(txn, ctx, changes, pb::DeleteMilestoneResponse { milestone: Some(out) })
+            .await
     }
 
     /// Moves a milestone from one of `from` states to `to`.
@@ -739,9 +682,7 @@ impl Goal {
         row.state = to.to_string();
         if to == state::ACTIVE {
             row.activate_time = Some(now);
-            row.next_review_date = Some(format_date(
-                settings.next_review(settings.today(chrono::Utc::now())),
-            ));
+            row.next_review_date = Some(format_date(settings.next_review(settings.today(chrono::Utc::now()))));
         } else {
             row.close_time = Some(now);
             row.next_review_date = None;
@@ -749,11 +690,7 @@ impl Goal {
         }
         row.version += 1;
         row.update_time = now;
-        row.clone()
-            .into_active_model()
-            .reset_all()
-            .update(&*txn)
-            .await?;
+        row.clone().into_active_model().reset_all().update(&*txn).await?;
         let out = convert::milestone(&row, &settings.calendar);
         let mut changes = Changes::new();
         changes.push(pb::ChangeType::Updated, Resource::Milestone(out.clone()));
@@ -767,8 +704,7 @@ impl Goal {
     ) -> Result<pb::ListMilestoneRevisionsResponse, ApiError> {
         let id = parse_name(Collection::Milestones, "parent", &req.parent)?;
         let page = Page::parse(req.page_size, &req.page_token, &format!("revisions|{id}"))?;
-        self.load_milestone(self.db.conn(), &caller.tenant_id, &id)
-            .await?;
+        self.load_milestone(self.db.conn(), &caller.tenant_id, &id).await?;
         let mut q = revision::Entity::find()
             .filter(revision::Column::TenantId.eq(&caller.tenant_id))
             .filter(revision::Column::MilestoneId.eq(&id));
@@ -796,8 +732,7 @@ impl Goal {
         req: pb::ReviewMilestoneRequest,
     ) -> Result<pb::MilestoneReview, ApiError> {
         let id = parse_name(Collection::Milestones, "name", &req.name)?;
-        let outcome =
-            pb::ReviewOutcome::try_from(req.outcome).unwrap_or(pb::ReviewOutcome::Unspecified);
+        let outcome = pb::ReviewOutcome::try_from(req.outcome).unwrap_or(pb::ReviewOutcome::Unspecified);
         let mut v = Violations::new();
         v.check_text("notes", &req.notes, 0, 4000);
         let next_review = date_from_wire(req.next_review_date.as_ref())
@@ -806,10 +741,7 @@ impl Goal {
             .flatten();
         let adjusted = match (outcome, &req.adjusted_terms) {
             (pb::ReviewOutcome::Unspecified, _) => {
-                v.add(
-                    "outcome",
-                    "must be REVIEW_OUTCOME_KEEP or REVIEW_OUTCOME_ADJUST",
-                );
+                v.add("outcome", "must be REVIEW_OUTCOME_KEEP or REVIEW_OUTCOME_ADJUST");
                 None
             }
             (pb::ReviewOutcome::Keep, Some(_)) => {
@@ -844,10 +776,7 @@ impl Goal {
             return Err(ApiError::precondition(
                 "MILESTONE_NOT_ACTIVE",
                 req.name.clone(),
-                format!(
-                    "{} is {}; only active milestones are reviewed",
-                    req.name, current.state
-                ),
+                format!("{} is {}; only active milestones are reviewed", req.name, current.state),
             ));
         }
         let today = settings.today(chrono::Utc::now());
@@ -862,32 +791,16 @@ impl Goal {
         let mut changes = Changes::new();
         let mut revision_number = None;
         if let Some(after) = adjusted {
-            let before = convert::terms_of(&current).ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!("stored terms of {} do not parse", req.name))
-            })?;
+            let before = convert::terms_of(&current)
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored terms of {} do not parse", req.name)))?;
             if let Some(p) = row.parent_id.clone() {
-                self.check_parent(
-                    &*txn,
-                    tenant,
-                    &p,
-                    &row.metric_id,
-                    &after.period,
-                    Some(&row.id),
-                )
-                .await?;
+                self.check_parent(&*txn, tenant, &p, &row.metric_id, &after.period, Some(&row.id))
+                    .await?;
             }
             if after != before {
                 revision_number = Some(
-                    Self::record_revision(
-                        &*txn,
-                        &mut row,
-                        &before,
-                        &after,
-                        req.notes.trim(),
-                        ctx,
-                        &mut changes,
-                    )
-                    .await?,
+                    Self::record_revision(&*txn, &mut row, &before, &after, req.notes.trim(), ctx, &mut changes)
+                        .await?,
                 );
                 apply_terms(&mut row, &after);
             }
@@ -916,16 +829,9 @@ impl Goal {
         row.next_review_date = Some(format_date(next_review));
         row.version += 1;
         row.update_time = now;
-        row.clone()
-            .into_active_model()
-            .reset_all()
-            .update(&*txn)
-            .await?;
+        row.clone().into_active_model().reset_all().update(&*txn).await?;
         let out = convert::review(&rev);
-        changes.push(
-            pb::ChangeType::Created,
-            Resource::MilestoneReview(out.clone()),
-        );
+        changes.push(pb::ChangeType::Created, Resource::MilestoneReview(out.clone()));
         changes.push(
             pb::ChangeType::Updated,
             Resource::Milestone(convert::milestone(&row, &settings.calendar)),
@@ -940,8 +846,7 @@ impl Goal {
     ) -> Result<pb::ListMilestoneReviewsResponse, ApiError> {
         let id = parse_name(Collection::Milestones, "parent", &req.parent)?;
         let page = Page::parse(req.page_size, &req.page_token, &format!("reviews|{id}"))?;
-        self.load_milestone(self.db.conn(), &caller.tenant_id, &id)
-            .await?;
+        self.load_milestone(self.db.conn(), &caller.tenant_id, &id).await?;
         let mut q = review::Entity::find()
             .filter(review::Column::TenantId.eq(&caller.tenant_id))
             .filter(review::Column::MilestoneId.eq(&id));
@@ -980,13 +885,11 @@ impl Goal {
                 .split_once('|')
                 .ok_or_else(|| ApiError::invalid("page_token", "is not valid for this query"))?;
             q = q.filter(
-                Condition::any()
-                    .add(milestone::Column::NextReviewDate.gt(date))
-                    .add(
-                        Condition::all()
-                            .add(milestone::Column::NextReviewDate.eq(date))
-                            .add(milestone::Column::Id.gt(id)),
-                    ),
+                Condition::any().add(milestone::Column::NextReviewDate.gt(date)).add(
+                    Condition::all()
+                        .add(milestone::Column::NextReviewDate.eq(date))
+                        .add(milestone::Column::Id.gt(id)),
+                ),
             );
         }
         let rows = q
@@ -996,26 +899,15 @@ impl Goal {
             .all(conn)
             .await?;
         let (rows, next_page_token) = page.finish(rows, |r| {
-            format!(
-                "{}|{}",
-                r.next_review_date.clone().unwrap_or_default(),
-                r.id
-            )
+            format!("{}|{}", r.next_review_date.clone().unwrap_or_default(), r.id)
         });
         Ok(pb::ListDueReviewsResponse {
-            milestones: rows
-                .iter()
-                .map(|r| convert::milestone(r, &settings.calendar))
-                .collect(),
+            milestones: rows.iter().map(|r| convert::milestone(r, &settings.calendar)).collect(),
             next_page_token,
         })
     }
 
-    pub async fn get_alignment(
-        &self,
-        caller: &Caller,
-        name: &str,
-    ) -> Result<pb::Alignment, ApiError> {
+    pub async fn get_alignment(&self, caller: &Caller, name: &str) -> Result<pb::Alignment, ApiError> {
         let id = parse_name(Collection::Milestones, "name", name)?;
         let conn = self.db.conn();
         let tenant = &caller.tenant_id;
@@ -1028,9 +920,8 @@ impl Goal {
             .order_by_asc(milestone::Column::Id)
             .all(conn)
             .await?;
-        let sum = checked_sum(children.iter().map(|c| c.target)).ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!("children targets of {name} overflow i64"))
-        })?;
+        let sum = checked_sum(children.iter().map(|c| c.target))
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("children targets of {name} overflow i64")))?;
         let mut uncovered_members = Vec::new();
         let mut uncovered_teams = Vec::new();
         if parent.owner_kind == "team" {
@@ -1039,8 +930,7 @@ impl Goal {
                 .map(|c| (c.owner_kind.as_str(), c.owner_id.as_str()))
                 .collect();
             let today = settings.today(chrono::Utc::now());
-            let day = convert::terms_of(&parent)
-                .map_or(today, |t| t.period.start().max(today).min(t.period.end()));
+            let day = convert::terms_of(&parent).map_or(today, |t| t.period.start().max(today).min(t.period.end()));
             let team_only: HashSet<String> = std::iter::once(parent.owner_id.clone()).collect();
             let mut members: Vec<String> = members_of_teams_on(conn, tenant, &team_only, day)
                 .await?
@@ -1048,10 +938,7 @@ impl Goal {
                 .filter(|m| !owners.contains(&("member", m.as_str())))
                 .collect();
             members.sort();
-            uncovered_members = members
-                .iter()
-                .map(|m| Collection::Members.name(m))
-                .collect();
+            uncovered_members = members.iter().map(|m| Collection::Members.name(m)).collect();
             let sub_teams = team::Entity::find()
                 .filter(team::Column::TenantId.eq(tenant))
                 .filter(team::Column::ParentId.eq(&parent.owner_id))

@@ -92,17 +92,13 @@ impl Changes {
 impl Goal {
     /// Starts a write: opens the transaction and, when this exact request
     /// already ran, returns its stored response instead.
-    pub async fn begin<R: Message + Default>(
-        &self,
-        ctx: &Ctx,
-    ) -> Result<(WriteTxn, Option<R>), ApiError> {
+    pub async fn begin<R: Message + Default>(&self, ctx: &Ctx) -> Result<(WriteTxn, Option<R>), ApiError> {
         idempotency::validate_request_id(&ctx.request_id)?;
         let txn = self.db.begin_write().await?;
         if let Some(key) = ctx.key() {
             if let Some(stored) = idempotency::lookup(&*txn, &key, &ctx.request).await? {
-                let response = R::decode(stored.as_slice()).map_err(|e| {
-                    ApiError::Internal(anyhow::anyhow!("stored response does not decode: {e}"))
-                })?;
+                let response = R::decode(stored.as_slice())
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored response does not decode: {e}")))?;
                 return Ok((txn, Some(response)));
             }
         }
@@ -145,11 +141,7 @@ impl Goal {
     }
 
     /// The tenant's settings as domain values (the defaults if never set).
-    pub async fn settings(
-        &self,
-        conn: &impl ConnectionTrait,
-        tenant: &str,
-    ) -> Result<TenantSettings, ApiError> {
+    pub async fn settings(&self, conn: &impl ConnectionTrait, tenant: &str) -> Result<TenantSettings, ApiError> {
         Ok(match self.settings_row(conn, tenant).await? {
             None => TenantSettings::default(),
             Some(r) => TenantSettings {
@@ -182,10 +174,7 @@ pub fn check_etag(sent: &str, version: i64, resource: &str) -> Result<(), ApiErr
 
 /// The fields an update touches: the mask's paths, or `all` when the mask is
 /// empty or `*`. Unknown paths are INVALID_ARGUMENT.
-pub fn mask_paths(
-    mask: Option<&prost_types::FieldMask>,
-    all: &[&'static str],
-) -> Result<Vec<&'static str>, ApiError> {
+pub fn mask_paths(mask: Option<&prost_types::FieldMask>, all: &[&'static str]) -> Result<Vec<&'static str>, ApiError> {
     let paths: Vec<&str> = mask
         .map(|m| m.paths.iter().map(String::as_str).collect())
         .unwrap_or_default();
@@ -199,10 +188,7 @@ pub fn mask_paths(
             None => {
                 return Err(ApiError::invalid(
                     "update_mask",
-                    format!(
-                        "{p:?} cannot be updated; updatable fields are: {}",
-                        all.join(", ")
-                    ),
+                    format!("{p:?} cannot be updated; updatable fields are: {}", all.join(", ")),
                 ))
             }
         }

@@ -15,8 +15,8 @@ use milestones_runtime::wire::{date_from_wire, now_micros};
 use milestones_runtime::ApiError;
 use sea_orm::sea_query::Condition;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait,
-    PaginatorTrait, PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait, PaginatorTrait,
+    PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::{check_etag, mask_paths, new_id, Changes, Ctx, Goal};
@@ -44,41 +44,24 @@ where
 
 /// Parses the resource name in `field`, or INVALID_ARGUMENT.
 pub fn parse_name(collection: Collection, field: &str, name: &str) -> Result<String, ApiError> {
-    collection
-        .parse(name)
-        .map_err(|e| ApiError::invalid(field, e))
+    collection.parse(name).map_err(|e| ApiError::invalid(field, e))
 }
 
-pub async fn load_team(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-    id: &str,
-) -> Result<team::Model, ApiError> {
+pub async fn load_team(conn: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<team::Model, ApiError> {
     load::<team::Entity>(conn, Collection::Teams, id, tenant, |r| &r.tenant_id).await
 }
 
-pub async fn load_member(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-    id: &str,
-) -> Result<member::Model, ApiError> {
+pub async fn load_member(conn: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<member::Model, ApiError> {
     load::<member::Entity>(conn, Collection::Members, id, tenant, |r| &r.tenant_id).await
 }
 
-pub async fn load_metric(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-    id: &str,
-) -> Result<metric::Model, ApiError> {
+pub async fn load_metric(conn: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<metric::Model, ApiError> {
     load::<metric::Entity>(conn, Collection::Metrics, id, tenant, |r| &r.tenant_id).await
 }
 
 /// Every team of the tenant by id: org trees are small enough to walk in
 /// memory (thousands of teams at most).
-pub async fn all_teams(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-) -> Result<HashMap<String, team::Model>, ApiError> {
+pub async fn all_teams(conn: &impl ConnectionTrait, tenant: &str) -> Result<HashMap<String, team::Model>, ApiError> {
     let rows = team::Entity::find()
         .filter(team::Column::TenantId.eq(tenant))
         .all(conn)
@@ -141,11 +124,7 @@ impl Goal {
     ) -> Result<pb::TenantSettings, ApiError> {
         let paths = mask_paths(
             mask.as_ref(),
-            &[
-                "time_zone",
-                "fiscal_year_start_month",
-                "review_cadence_months",
-            ],
+            &["time_zone", "fiscal_year_start_month", "review_cadence_months"],
         )?;
         let mut v = Violations::new();
         if paths.contains(&"time_zone") {
@@ -153,21 +132,14 @@ impl Goal {
                 v.add("tenant_settings.time_zone", e);
             }
         }
-        if paths.contains(&"fiscal_year_start_month")
-            && !(1..=12).contains(&settings.fiscal_year_start_month)
-        {
+        if paths.contains(&"fiscal_year_start_month") && !(1..=12).contains(&settings.fiscal_year_start_month) {
             v.add(
                 "tenant_settings.fiscal_year_start_month",
                 "must be a month number from 1 to 12",
             );
         }
-        if paths.contains(&"review_cadence_months")
-            && !(1..=12).contains(&settings.review_cadence_months)
-        {
-            v.add(
-                "tenant_settings.review_cadence_months",
-                "must be from 1 to 12 months",
-            );
+        if paths.contains(&"review_cadence_months") && !(1..=12).contains(&settings.review_cadence_months) {
+            v.add("tenant_settings.review_cadence_months", "must be from 1 to 12 months");
         }
         v.into_result(())?;
         let (txn, replay) = self.begin::<pb::TenantSettings>(ctx).await?;
@@ -210,10 +182,7 @@ impl Goal {
         }
         let out = convert::tenant_settings(Some(&row));
         let mut changes = Changes::new();
-        changes.push(
-            pb::ChangeType::Updated,
-            Resource::TenantSettings(out.clone()),
-        );
+        changes.push(pb::ChangeType::Updated, Resource::TenantSettings(out.clone()));
         self.finish(txn, ctx, changes, out).await
     }
 
@@ -262,9 +231,7 @@ impl Goal {
 
     pub async fn get_team(&self, caller: &Caller, name: &str) -> Result<pb::Team, ApiError> {
         let id = parse_name(Collection::Teams, "name", name)?;
-        Ok(convert::team(
-            &load_team(self.db.conn(), &caller.tenant_id, &id).await?,
-        ))
+        Ok(convert::team(&load_team(self.db.conn(), &caller.tenant_id, &id).await?))
     }
 
     pub async fn list_teams(
@@ -272,18 +239,12 @@ impl Goal {
         caller: &Caller,
         req: pb::ListTeamsRequest,
     ) -> Result<pb::ListTeamsResponse, ApiError> {
-        let page = Page::parse(
-            req.page_size,
-            &req.page_token,
-            &format!("teams|{}", req.parent),
-        )?;
+        let page = Page::parse(req.page_size, &req.page_token, &format!("teams|{}", req.parent))?;
         let mut q = team::Entity::find().filter(team::Column::TenantId.eq(&caller.tenant_id));
         match req.parent.as_str() {
             "" => {}
             "-" => q = q.filter(team::Column::ParentId.is_null()),
-            p => {
-                q = q.filter(team::Column::ParentId.eq(parse_name(Collection::Teams, "parent", p)?))
-            }
+            p => q = q.filter(team::Column::ParentId.eq(parse_name(Collection::Teams, "parent", p)?)),
         }
         if let Some(after) = &page.after {
             q = q.filter(team::Column::Id.gt(after.clone()));
@@ -337,7 +298,10 @@ impl Goal {
                 if subtree(&teams, &id).contains(p) {
                     return Err(ApiError::invalid(
                         "team.parent",
-                        format!("{} is {} itself or one of its sub-teams; a team cannot be moved under itself", team.parent, team.name),
+                        format!(
+                            "{} is {} itself or one of its sub-teams; a team cannot be moved under itself",
+                            team.parent, team.name
+                        ),
                     ));
                 }
             }
@@ -345,23 +309,14 @@ impl Goal {
         }
         row.version += 1;
         row.update_time = now_micros();
-        row.clone()
-            .into_active_model()
-            .reset_all()
-            .update(&*txn)
-            .await?;
+        row.clone().into_active_model().reset_all().update(&*txn).await?;
         let out = convert::team(&row);
         let mut changes = Changes::new();
         changes.push(pb::ChangeType::Updated, Resource::Team(out.clone()));
         self.finish(txn, ctx, changes, out).await
     }
 
-    pub async fn delete_team(
-        &self,
-        ctx: &Ctx,
-        name: &str,
-        etag: &str,
-    ) -> Result<pb::DeleteTeamResponse, ApiError> {
+    pub async fn delete_team(&self, ctx: &Ctx, name: &str, etag: &str) -> Result<pb::DeleteTeamResponse, ApiError> {
         let id = parse_name(Collection::Teams, "name", name)?;
         let (txn, replay) = self.begin::<pb::DeleteTeamResponse>(ctx).await?;
         if let Some(r) = replay {
@@ -396,13 +351,8 @@ impl Goal {
         let out = convert::team(&current);
         let mut changes = Changes::new();
         changes.push(pb::ChangeType::Deleted, Resource::Team(out.clone()));
-        self.finish(
-            txn,
-            ctx,
-            changes,
-            pb::DeleteTeamResponse { team: Some(out) },
-        )
-        .await
+        self.finish(txn, ctx, changes, pb::DeleteTeamResponse { team: Some(out) })
+            .await
     }
 
     // === members ===
@@ -420,10 +370,7 @@ impl Goal {
             if email.len() > 320 {
                 v.add("member.email", "must be at most 320 characters");
             } else if !looks_like_email {
-                v.add(
-                    "member.email",
-                    format!("{email:?} is not an e-mail address"),
-                );
+                v.add("member.email", format!("{email:?} is not an e-mail address"));
             }
         }
         if paths.contains(&"role") {
@@ -473,11 +420,7 @@ impl Goal {
         }
     }
 
-    pub async fn create_member(
-        &self,
-        ctx: &Ctx,
-        member: pb::Member,
-    ) -> Result<pb::Member, ApiError> {
+    pub async fn create_member(&self, ctx: &Ctx, member: pb::Member) -> Result<pb::Member, ApiError> {
         Self::validate_member(&member, &["display_name", "email", "role", "subject"])?;
         let (txn, replay) = self.begin::<pb::Member>(ctx).await?;
         if let Some(r) = replay {
@@ -520,8 +463,7 @@ impl Goal {
         caller: &Caller,
         req: pb::ListMembersRequest,
     ) -> Result<pb::ListMembersResponse, ApiError> {
-        let as_of = date_from_wire(req.as_of_date.as_ref())
-            .map_err(|e| ApiError::invalid("as_of_date", e))?;
+        let as_of = date_from_wire(req.as_of_date.as_ref()).map_err(|e| ApiError::invalid("as_of_date", e))?;
         let page = Page::parse(
             req.page_size,
             &req.page_token,
@@ -535,13 +477,9 @@ impl Goal {
             let teams = all_teams(self.db.conn(), tenant).await?;
             let day = match as_of {
                 Some(d) => d,
-                None => self
-                    .settings(self.db.conn(), tenant)
-                    .await?
-                    .today(chrono::Utc::now()),
+                None => self.settings(self.db.conn(), tenant).await?.today(chrono::Utc::now()),
             };
-            let ids = members_of_teams_on(self.db.conn(), tenant, &subtree(&teams, &team_id), day)
-                .await?;
+            let ids = members_of_teams_on(self.db.conn(), tenant, &subtree(&teams, &team_id), day).await?;
             q = q.filter(member::Column::Id.is_in(ids));
         }
         let role = pb::MemberRole::try_from(req.role).unwrap_or(pb::MemberRole::Unspecified);
@@ -592,33 +530,18 @@ impl Goal {
         if paths.contains(&"subject") {
             row.subject = (!member.subject.is_empty()).then_some(member.subject);
         }
-        self.ensure_member_unique(
-            &*txn,
-            ctx.tenant(),
-            &row.email,
-            row.subject.as_deref(),
-            Some(&id),
-        )
-        .await?;
+        self.ensure_member_unique(&*txn, ctx.tenant(), &row.email, row.subject.as_deref(), Some(&id))
+            .await?;
         row.version += 1;
         row.update_time = now_micros();
-        row.clone()
-            .into_active_model()
-            .reset_all()
-            .update(&*txn)
-            .await?;
+        row.clone().into_active_model().reset_all().update(&*txn).await?;
         let out = convert::member(&row);
         let mut changes = Changes::new();
         changes.push(pb::ChangeType::Updated, Resource::Member(out.clone()));
         self.finish(txn, ctx, changes, out).await
     }
 
-    pub async fn delete_member(
-        &self,
-        ctx: &Ctx,
-        name: &str,
-        etag: &str,
-    ) -> Result<pb::DeleteMemberResponse, ApiError> {
+    pub async fn delete_member(&self, ctx: &Ctx, name: &str, etag: &str) -> Result<pb::DeleteMemberResponse, ApiError> {
         let id = parse_name(Collection::Members, "name", name)?;
         let (txn, replay) = self.begin::<pb::DeleteMemberResponse>(ctx).await?;
         if let Some(r) = replay {
@@ -648,21 +571,13 @@ impl Goal {
         let out = convert::member(&current);
         let mut changes = Changes::new();
         changes.push(pb::ChangeType::Deleted, Resource::Member(out.clone()));
-        self.finish(
-            txn,
-            ctx,
-            changes,
-            pb::DeleteMemberResponse { member: Some(out) },
-        )
-        .await
+        self.finish(txn, ctx, changes, pb::DeleteMemberResponse { member: Some(out) })
+            .await
     }
 
     // === memberships ===
 
-    fn membership_range(
-        m: &pb::Membership,
-        v: &mut Violations,
-    ) -> Option<(NaiveDate, Option<NaiveDate>)> {
+    fn membership_range(m: &pb::Membership, v: &mut Violations) -> Option<(NaiveDate, Option<NaiveDate>)> {
         let start = match date_from_wire(m.start_date.as_ref()) {
             Ok(Some(d)) => Some(d),
             Ok(None) => {
@@ -700,8 +615,7 @@ impl Goal {
         range: (NaiveDate, Option<NaiveDate>),
         except: Option<&str>,
     ) -> Result<(), ApiError> {
-        let as_range =
-            |s: NaiveDate, e: Option<NaiveDate>| DateRange::new(s, e.unwrap_or(NaiveDate::MAX));
+        let as_range = |s: NaiveDate, e: Option<NaiveDate>| DateRange::new(s, e.unwrap_or(NaiveDate::MAX));
         let Some(wanted) = as_range(range.0, range.1) else {
             return Ok(());
         };
@@ -732,11 +646,7 @@ impl Goal {
         Ok(())
     }
 
-    pub async fn create_membership(
-        &self,
-        ctx: &Ctx,
-        m: pb::Membership,
-    ) -> Result<pb::Membership, ApiError> {
+    pub async fn create_membership(&self, ctx: &Ctx, m: pb::Membership) -> Result<pb::Membership, ApiError> {
         let mut v = Violations::new();
         let member_id = Collection::Members
             .parse(&m.member)
@@ -780,19 +690,11 @@ impl Goal {
         self.finish(txn, ctx, changes, out).await
     }
 
-    pub async fn get_membership(
-        &self,
-        caller: &Caller,
-        name: &str,
-    ) -> Result<pb::Membership, ApiError> {
+    pub async fn get_membership(&self, caller: &Caller, name: &str) -> Result<pb::Membership, ApiError> {
         let id = parse_name(Collection::Memberships, "name", name)?;
-        let row = load::<membership::Entity>(
-            self.db.conn(),
-            Collection::Memberships,
-            &id,
-            &caller.tenant_id,
-            |r| &r.tenant_id,
-        )
+        let row = load::<membership::Entity>(self.db.conn(), Collection::Memberships, &id, &caller.tenant_id, |r| {
+            &r.tenant_id
+        })
         .await?;
         Ok(convert::membership(&row))
     }
@@ -802,38 +704,26 @@ impl Goal {
         caller: &Caller,
         req: pb::ListMembershipsRequest,
     ) -> Result<pb::ListMembershipsResponse, ApiError> {
-        let active_on = date_from_wire(req.active_on.as_ref())
-            .map_err(|e| ApiError::invalid("active_on", e))?;
+        let active_on = date_from_wire(req.active_on.as_ref()).map_err(|e| ApiError::invalid("active_on", e))?;
         let page = Page::parse(
             req.page_size,
             &req.page_token,
             &format!("memberships|{}|{}|{:?}", req.member, req.team, active_on),
         )?;
-        let mut q =
-            membership::Entity::find().filter(membership::Column::TenantId.eq(&caller.tenant_id));
+        let mut q = membership::Entity::find().filter(membership::Column::TenantId.eq(&caller.tenant_id));
         if !req.member.is_empty() {
-            q = q.filter(membership::Column::MemberId.eq(parse_name(
-                Collection::Members,
-                "member",
-                &req.member,
-            )?));
+            q = q.filter(membership::Column::MemberId.eq(parse_name(Collection::Members, "member", &req.member)?));
         }
         if !req.team.is_empty() {
-            q = q.filter(membership::Column::TeamId.eq(parse_name(
-                Collection::Teams,
-                "team",
-                &req.team,
-            )?));
+            q = q.filter(membership::Column::TeamId.eq(parse_name(Collection::Teams, "team", &req.team)?));
         }
         if let Some(day) = active_on {
             let day = format_date(day);
-            q = q
-                .filter(membership::Column::StartDate.lte(day.clone()))
-                .filter(
-                    Condition::any()
-                        .add(membership::Column::EndDate.is_null())
-                        .add(membership::Column::EndDate.gte(day)),
-                );
+            q = q.filter(membership::Column::StartDate.lte(day.clone())).filter(
+                Condition::any()
+                    .add(membership::Column::EndDate.is_null())
+                    .add(membership::Column::EndDate.gte(day)),
+            );
         }
         if let Some(after) = &page.after {
             q = q.filter(membership::Column::Id.gt(after.clone()));
@@ -863,10 +753,7 @@ impl Goal {
             return Ok(r);
         }
         let current =
-            load::<membership::Entity>(&*txn, Collection::Memberships, &id, ctx.tenant(), |r| {
-                &r.tenant_id
-            })
-            .await?;
+            load::<membership::Entity>(&*txn, Collection::Memberships, &id, ctx.tenant(), |r| &r.tenant_id).await?;
         check_etag(&m.etag, current.version, &m.name)?;
         // Merge the masked fields into the current dates, then validate the
         // result as a whole.
@@ -890,11 +777,7 @@ impl Goal {
         row.end_date = range.1.map(format_date);
         row.version += 1;
         row.update_time = now_micros();
-        row.clone()
-            .into_active_model()
-            .reset_all()
-            .update(&*txn)
-            .await?;
+        row.clone().into_active_model().reset_all().update(&*txn).await?;
         let out = convert::membership(&row);
         let mut changes = Changes::new();
         changes.push(pb::ChangeType::Updated, Resource::Membership(out.clone()));
@@ -913,10 +796,7 @@ impl Goal {
             return Ok(r);
         }
         let current =
-            load::<membership::Entity>(&*txn, Collection::Memberships, &id, ctx.tenant(), |r| {
-                &r.tenant_id
-            })
-            .await?;
+            load::<membership::Entity>(&*txn, Collection::Memberships, &id, ctx.tenant(), |r| &r.tenant_id).await?;
         check_etag(etag, current.version, name)?;
         current.clone().delete(&*txn).await?;
         let out = convert::membership(&current);
@@ -926,9 +806,7 @@ impl Goal {
             txn,
             ctx,
             changes,
-            pb::DeleteMembershipResponse {
-                membership: Some(out),
-            },
+            pb::DeleteMembershipResponse { membership: Some(out) },
         )
         .await
     }
@@ -940,8 +818,7 @@ impl Goal {
         text(&mut v, "metric.display_name", &m.display_name, 200);
         v.check_text("metric.description", &m.description, 0, 2000);
         let unit = pb::MetricUnit::try_from(m.unit).unwrap_or(pb::MetricUnit::Unspecified);
-        let aggregation = pb::MetricAggregation::try_from(m.aggregation)
-            .unwrap_or(pb::MetricAggregation::Unspecified);
+        let aggregation = pb::MetricAggregation::try_from(m.aggregation).unwrap_or(pb::MetricAggregation::Unspecified);
         if convert::unit_to_str(unit).is_none() {
             v.add(
                 "metric.unit",
@@ -954,8 +831,7 @@ impl Goal {
                 "must be METRIC_AGGREGATION_SUM or METRIC_AGGREGATION_COUNT",
             );
         }
-        let is_code =
-            m.currency_code.len() == 3 && m.currency_code.bytes().all(|b| b.is_ascii_uppercase());
+        let is_code = m.currency_code.len() == 3 && m.currency_code.bytes().all(|b| b.is_ascii_uppercase());
         match unit {
             pb::MetricUnit::Currency if !is_code => v.add(
                 "metric.currency_code",
@@ -981,9 +857,7 @@ impl Goal {
             description: m.description,
             unit: convert::unit_to_str(unit).unwrap_or_default().to_string(),
             currency_code: m.currency_code,
-            aggregation: convert::aggregation_to_str(aggregation)
-                .unwrap_or_default()
-                .to_string(),
+            aggregation: convert::aggregation_to_str(aggregation).unwrap_or_default().to_string(),
             allow_negative_values: m.allow_negative_values,
             version: 1,
             create_time: now,
@@ -1044,10 +918,7 @@ impl Goal {
                 }
             }
         }
-        let paths = mask_paths(
-            mask.as_ref(),
-            &["display_name", "description", "allow_negative_values"],
-        )?;
+        let paths = mask_paths(mask.as_ref(), &["display_name", "description", "allow_negative_values"])?;
         let mut v = Violations::new();
         if paths.contains(&"display_name") {
             text(&mut v, "metric.display_name", &m.display_name, 200);
@@ -1072,23 +943,14 @@ impl Goal {
         }
         row.version += 1;
         row.update_time = now_micros();
-        row.clone()
-            .into_active_model()
-            .reset_all()
-            .update(&*txn)
-            .await?;
+        row.clone().into_active_model().reset_all().update(&*txn).await?;
         let out = convert::metric(&row);
         let mut changes = Changes::new();
         changes.push(pb::ChangeType::Updated, Resource::Metric(out.clone()));
         self.finish(txn, ctx, changes, out).await
     }
 
-    pub async fn delete_metric(
-        &self,
-        ctx: &Ctx,
-        name: &str,
-        etag: &str,
-    ) -> Result<pb::DeleteMetricResponse, ApiError> {
+    pub async fn delete_metric(&self, ctx: &Ctx, name: &str, etag: &str) -> Result<pb::DeleteMetricResponse, ApiError> {
         let id = parse_name(Collection::Metrics, "name", name)?;
         let (txn, replay) = self.begin::<pb::DeleteMetricResponse>(ctx).await?;
         if let Some(r) = replay {
@@ -1112,12 +974,7 @@ impl Goal {
         let out = convert::metric(&current);
         let mut changes = Changes::new();
         changes.push(pb::ChangeType::Deleted, Resource::Metric(out.clone()));
-        self.finish(
-            txn,
-            ctx,
-            changes,
-            pb::DeleteMetricResponse { metric: Some(out) },
-        )
-        .await
+        self.finish(txn, ctx, changes, pb::DeleteMetricResponse { metric: Some(out) })
+            .await
     }
 }

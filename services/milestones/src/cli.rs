@@ -94,11 +94,7 @@ enum Command {
 #[derive(Args, Debug)]
 struct ClientArgs {
     /// The server's address.
-    #[arg(
-        long,
-        env = "MILESTONES_ENDPOINT",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, env = "MILESTONES_ENDPOINT", default_value = "http://127.0.0.1:50051")]
     endpoint: String,
     /// A bearer token (see `milestones token`).
     #[arg(long, env = "MILESTONES_TOKEN", hide_env_values = true)]
@@ -190,10 +186,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -216,12 +209,14 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             if let Some(addr) = listen {
                 settings.listen_addr = addr;
             }
-            let listener = tokio::net::TcpListener::bind(&settings.listen_addr).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen on {}: {e}; is another server running? choose another address with --listen",
-                    settings.listen_addr
-                )
-            })?;
+            let listener = tokio::net::TcpListener::bind(&settings.listen_addr)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {}: {e}; is another server running? choose another address with --listen",
+                        settings.listen_addr
+                    )
+                })?;
             eprintln!(
                 "Sales Milestones is listening on {}.\nGet a development token with:\n  export MILESTONES_TOKEN=$(milestones token --tenant demo --subject you --role admin)\nthen try: milestones teams list",
                 listener.local_addr()?
@@ -255,9 +250,8 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             let roles = role
                 .iter()
                 .map(|r| {
-                    Role::parse(r).ok_or_else(|| {
-                        anyhow::anyhow!("unknown role {r:?}: use admin, manager, rep or service")
-                    })
+                    Role::parse(r)
+                        .ok_or_else(|| anyhow::anyhow!("unknown role {r:?}: use admin, manager, rep or service"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let token = mint_token(
@@ -330,13 +324,8 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
                         .metrics;
                     println!("{:<46} {:<30} UNIT", "NAME", "DISPLAY NAME");
                     for m in metrics {
-                        let unit = pb::MetricUnit::try_from(m.unit)
-                            .map(|u| u.as_str_name())
-                            .unwrap_or("?");
-                        println!(
-                            "{:<46} {:<30} {} {}",
-                            m.name, m.display_name, unit, m.currency_code
-                        );
+                        let unit = pb::MetricUnit::try_from(m.unit).map(|u| u.as_str_name()).unwrap_or("?");
+                        println!("{:<46} {:<30} {} {}", m.name, m.display_name, unit, m.currency_code);
                     }
                 }
                 MetricAction::Create {
@@ -454,12 +443,7 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<GoalServiceClient<Channel>
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach {}: {e}; is `milestones server` running?",
-                args.endpoint
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}; is `milestones server` running?", args.endpoint))?;
     Ok(GoalServiceClient::new(channel))
 }
 

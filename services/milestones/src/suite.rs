@@ -24,10 +24,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     for s in services {
         if !SERVICES.contains(&s.as_str()) {
-            anyhow::bail!(
-                "unknown service {s:?}; the services are: {}",
-                SERVICES.join(", ")
-            );
+            anyhow::bail!("unknown service {s:?}; the services are: {}", SERVICES.join(", "));
         }
     }
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -42,9 +39,7 @@ pub async fn run(
         let goal = GoalService::build(&settings, stop_rx.clone()).await?;
         let db = goal.db().clone();
         routes = goal.add_to(routes, auth.clone(), settings.grpc.max_message_bytes);
-        health
-            .set(milestones_goal::SERVICE_NAME, ServingStatus::Serving)
-            .await;
+        health.set(milestones_goal::SERVICE_NAME, ServingStatus::Serving).await;
         tokio::spawn(watch_readiness(
             health.clone(),
             milestones_goal::SERVICE_NAME,

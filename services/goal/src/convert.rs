@@ -275,6 +275,7 @@ pub fn milestone(r: &milestone::Model, calendar: &FiscalCalendar) -> pb::Milesto
         activate_time: r.activate_time.map(micros_to_timestamp),
         close_time: r.close_time.map(micros_to_timestamp),
         etag: etag(r.version),
+        cancel_reason: r.cancel_reason.clone().unwrap_or_default(),
     }
 }
 

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use milestones_api::goal as pb;
 use milestones_api::goal::goal_service_server::GoalService;
-use milestones_runtime::auth::{Caller, Role};
+use milestones_runtime::auth::{Caller, Role, ALL_TENANTS};
 use milestones_runtime::feed::{FeedItem, FeedTiming};
 use milestones_runtime::wire::micros_to_timestamp;
 use milestones_runtime::ApiError;
@@ -41,6 +41,12 @@ fn status(e: ApiError) -> Status {
 fn caller<T>(req: &Request<T>, roles: &[Role], action: &str) -> Result<Caller, Status> {
     let caller = Caller::of(req).map_err(status)?;
     caller.require_any(roles, action).map_err(status)?;
+    // An all-tenants service token reads feeds; it acts in no tenant.
+    if caller.tenant_id == ALL_TENANTS && action != "WatchChanges" {
+        return Err(status(ApiError::permission_denied(format!(
+            "{action} acts in one tenant; an all-tenants token may only watch feeds"
+        ))));
+    }
     Ok(caller)
 }
 
@@ -299,7 +305,11 @@ impl GoalService for GoalApi {
             r.request_id.clear()
         })?;
         let r = req.into_inner();
-        reply(self.goal.transition(&ctx, &r.name, &r.etag, state::ACTIVE, None).await)
+        reply(
+            self.goal
+                .transition(&ctx, &r.name, &r.etag, state::ACTIVE, None, None)
+                .await,
+        )
     }
 
     async fn close_milestone(&self, req: Request<pb::CloseMilestoneRequest>) -> Reply<pb::Milestone> {
@@ -319,7 +329,7 @@ impl GoalService for GoalApi {
         };
         reply(
             self.goal
-                .transition(&ctx, &r.name, &r.etag, to, Some(r.final_value))
+                .transition(&ctx, &r.name, &r.etag, to, Some(r.final_value), None)
                 .await,
         )
     }
@@ -334,7 +344,7 @@ impl GoalService for GoalApi {
         v.into_result(()).map_err(|v| status(v.into()))?;
         reply(
             self.goal
-                .transition(&ctx, &r.name, &r.etag, state::CANCELLED, None)
+                .transition(&ctx, &r.name, &r.etag, state::CANCELLED, None, Some(r.reason))
                 .await,
         )
     }

@@ -103,9 +103,13 @@ impl FiscalPeriod {
         let kind = match part {
             None => PeriodKind::Year,
             Some(p) => {
-                let (letter, num) = p.split_at(1);
+                // By characters, not bytes: `p` may start with a multi-byte
+                // character or be empty.
+                let mut chars = p.chars();
+                let letter = chars.next().ok_or_else(err)?.to_string();
+                let num = chars.as_str();
                 let n: u8 = num.parse().map_err(|_| err())?;
-                match (letter, n) {
+                match (letter.as_str(), n) {
                     ("H", 1..=2) => PeriodKind::Half(n),
                     ("Q", 1..=4) => PeriodKind::Quarter(n),
                     ("M", 1..=12) if num.len() == 2 => PeriodKind::Month(n),

@@ -30,6 +30,11 @@ impl Violations {
         self.0.is_empty()
     }
 
+    /// Moves the violations of `other` into these.
+    pub fn extend(&mut self, other: Violations) {
+        self.0.extend(other.0);
+    }
+
     /// Moves the violations of `other` into these, with `prefix.` before each
     /// field path.
     pub fn extend_prefixed(&mut self, prefix: &str, other: Violations) {

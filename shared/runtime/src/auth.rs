@@ -158,6 +158,9 @@ impl Authenticator {
                 None => return Err(format!("token has an unknown role {r:?}")),
             }
         }
+        if claims.tenant == ALL_TENANTS && (roles.len() != 1 || !roles.contains(&Role::Service)) {
+            return Err("the all-tenants claim `*` is only for tokens whose one role is `service`".to_string());
+        }
         Ok(Caller {
             tenant_id: claims.tenant,
             subject: claims.sub,

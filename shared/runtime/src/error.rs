@@ -165,7 +165,9 @@ impl From<DbErr> for ApiError {
             _ if is_connection_failure(&err) => ApiError::Unavailable {
                 message: "the database is unreachable; retry with backoff".to_string(),
             },
-            _ if is_serialization_failure(&err) => ApiError::Aborted {
+            // A constraint that a concurrent transaction won: nothing was
+            // written, and a retry sees the winner's state.
+            _ if err.sql_err().is_some() || is_serialization_failure(&err) => ApiError::Aborted {
                 reason: "CONCURRENT_MODIFICATION",
                 message: "a concurrent change conflicted with this one; retry".to_string(),
             },

@@ -202,7 +202,14 @@ impl FeedTable {
         tokio::spawn(async move {
             let mut cursor = after;
             let mut last_sent = tokio::time::Instant::now();
+            let unavailable = || ApiError::Unavailable {
+                message: "the server is shutting down; reconnect with your cursor".to_string(),
+            };
             loop {
+                if *shutdown.borrow() {
+                    let _ = tx.try_send(Err(unavailable()));
+                    return;
+                }
                 wake.borrow_and_update();
                 let batch = match self
                     .read_after(db.conn(), tenant_id.as_deref(), cursor, READ_BATCH)
@@ -216,10 +223,20 @@ impl FeedTable {
                 };
                 let full = batch.len() as i64 == READ_BATCH;
                 for event in batch {
-                    cursor = event.sequence;
-                    if tx.send(Ok(FeedItem::Event(event))).await.is_err() {
-                        return; // the client went away
+                    let sequence = event.sequence;
+                    // A slow consumer must not hold shutdown up.
+                    tokio::select! {
+                        sent = tx.send(Ok(FeedItem::Event(event))) => {
+                            if sent.is_err() {
+                                return; // the client went away
+                            }
+                        }
+                        _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                            let _ = tx.try_send(Err(unavailable()));
+                            return;
+                        }
                     }
+                    cursor = sequence;
                     last_sent = tokio::time::Instant::now();
                 }
                 if full {
@@ -230,16 +247,15 @@ impl FeedTable {
                     _ = wake.changed() => {}
                     _ = tokio::time::sleep(timing.poll) => {}
                     _ = tokio::time::sleep_until(heartbeat_at) => {
-                        let head = cursor.max(self.head(db.conn(), tenant_id.as_deref()).await.unwrap_or(cursor));
-                        if tx.send(Ok(FeedItem::Heartbeat { head_sequence: head })).await.is_err() {
+                        // The cursor, not a fresh MAX(seq): an event committed
+                        // since the last read must not be reported as passed.
+                        if tx.send(Ok(FeedItem::Heartbeat { head_sequence: cursor })).await.is_err() {
                             return;
                         }
                         last_sent = tokio::time::Instant::now();
                     }
                     _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
-                        let _ = tx.send(Err(ApiError::Unavailable {
-                            message: "the server is shutting down; reconnect with your cursor".to_string(),
-                        })).await;
+                        let _ = tx.try_send(Err(unavailable()));
                         return;
                     }
                     _ = tx.closed() => return,

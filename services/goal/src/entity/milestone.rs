@@ -30,6 +30,7 @@ pub struct Model {
     pub update_time: i64,
     pub activate_time: Option<i64>,
     pub close_time: Option<i64>,
+    pub cancel_reason: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

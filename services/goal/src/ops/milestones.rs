@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use milestones_api::goal as pb;
 use milestones_api::goal::change_event::Resource;
-use milestones_domain::attainment::{basis_points, checked_sum};
+use milestones_domain::attainment::basis_points;
 use milestones_domain::calendar::{format_date, DateRange, FiscalCalendar, FiscalPeriod};
 use milestones_domain::names::{Collection, Owner};
 use milestones_domain::terms::{Checkpoint, Terms};
@@ -19,7 +19,9 @@ use sea_orm::{
     QuerySelect,
 };
 
-use super::org::{all_teams, load, load_member, load_metric, load_team, members_of_teams_on, parse_name, subtree};
+use super::org::{
+    all_teams, load, load_member, load_metric, load_team, members_of_teams_on, parse_name, subtree, RowLocks,
+};
 use super::{check_etag, mask_paths, new_id, Changes, Ctx, Goal};
 use crate::convert::{self, state};
 use crate::entity::{milestone, review, revision, team};
@@ -34,6 +36,20 @@ const UPDATABLE: [&str; 8] = [
     "checkpoints",
     "parent",
 ];
+
+/// FAILED_PRECONDITION when linking to a closed parent. Only a new link is
+/// checked: children of a parent that closes later keep their link.
+fn ensure_open_parent(parent: &milestone::Model) -> Result<(), ApiError> {
+    if is_closed(&parent.state) {
+        let name = Collection::Milestones.name(&parent.id);
+        return Err(ApiError::precondition(
+            "PARENT_CLOSED",
+            name.clone(),
+            format!("{name} is {}; choose an open parent", parent.state),
+        ));
+    }
+    Ok(())
+}
 
 fn is_closed(state: &str) -> bool {
     matches!(state, state::ACHIEVED | state::MISSED | state::CANCELLED)
@@ -63,38 +79,35 @@ fn parse_period(
     calendar: &FiscalCalendar,
     v: &mut Violations,
 ) -> Option<DateRange> {
-    let start = date_from_wire(start)
-        .map_err(|e| v.add(format!("{prefix}.start_date"), e))
-        .ok()?;
-    let end = date_from_wire(end)
-        .map_err(|e| v.add(format!("{prefix}.end_date"), e))
-        .ok()?;
-    match (start, end, fiscal_period.is_empty()) {
-        (None, None, false) => match FiscalPeriod::parse(fiscal_period) {
+    // Both dates are parsed before returning, so every violation is reported.
+    let start = date_from_wire(start).map_err(|e| v.add(format!("{prefix}.start_date"), e));
+    let end = date_from_wire(end).map_err(|e| v.add(format!("{prefix}.end_date"), e));
+    let (Ok(start), Ok(end)) = (start, end) else {
+        return None;
+    };
+    if !fiscal_period.is_empty() && (start.is_some() || end.is_some()) {
+        v.add(
+            format!("{prefix}.fiscal_period"),
+            "give either fiscal_period or start_date and end_date, not both",
+        );
+        return None;
+    }
+    match (start, end) {
+        (None, None) if !fiscal_period.is_empty() => match FiscalPeriod::parse(fiscal_period) {
             Ok(p) => Some(calendar.range(&p)),
             Err(e) => {
                 v.add(format!("{prefix}.fiscal_period"), e);
                 None
             }
         },
-        (Some(s), Some(e), true) => match DateRange::new(s, e) {
-            Some(r) => Some(r),
-            None => {
-                v.add(
-                    format!("{prefix}.end_date"),
-                    format!("must not be before start_date {s} (got {e})"),
-                );
-                None
-            }
-        },
-        (Some(_), Some(_), false) => {
+        (Some(s), Some(e)) => DateRange::new(s, e).or_else(|| {
             v.add(
-                format!("{prefix}.fiscal_period"),
-                "give either fiscal_period or start_date and end_date, not both",
+                format!("{prefix}.end_date"),
+                format!("must not be before start_date {s} (got {e})"),
             );
             None
-        }
-        (s, e, _) => {
+        }),
+        (s, e) => {
             if s.is_none() {
                 v.add(
                     format!("{prefix}.start_date"),
@@ -149,24 +162,24 @@ fn apply_terms(row: &mut milestone::Model, terms: &Terms) {
 impl Goal {
     pub async fn load_milestone(
         &self,
-        conn: &impl ConnectionTrait,
+        conn: &(impl ConnectionTrait + RowLocks),
         tenant: &str,
         id: &str,
     ) -> Result<milestone::Model, ApiError> {
-        load::<milestone::Entity>(conn, Collection::Milestones, id, tenant, |r| &r.tenant_id).await
+        load::<milestone::Entity, _>(conn, Collection::Milestones, id, tenant, |r| &r.tenant_id).await
     }
 
-    /// Checks a parent: same metric, period inside the parent's, parent not
-    /// closed, and no cycle (a milestone cannot contribute to itself).
+    /// Checks a parent: same metric, period inside the parent's, and no
+    /// cycle (a milestone cannot contribute to itself). Returns the parent.
     async fn check_parent(
         &self,
-        conn: &impl ConnectionTrait,
+        conn: &(impl ConnectionTrait + RowLocks),
         tenant: &str,
         parent_id: &str,
         metric_id: &str,
         period: &DateRange,
         self_id: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<milestone::Model, ApiError> {
         let parent = self.load_milestone(conn, tenant, parent_id).await?;
         let parent_name = Collection::Milestones.name(parent_id);
         let mut v = Violations::new();
@@ -195,16 +208,9 @@ impl Goal {
             }
         }
         v.into_result(())?;
-        if is_closed(&parent.state) {
-            return Err(ApiError::precondition(
-                "PARENT_CLOSED",
-                parent_name.clone(),
-                format!("{parent_name} is {}; choose an open parent", parent.state),
-            ));
-        }
         if let Some(me) = self_id {
             // Walk up from the parent; meeting ourselves means a cycle.
-            let mut cursor = Some(parent);
+            let mut cursor = Some(parent.clone());
             let mut seen = HashSet::new();
             while let Some(m) = cursor {
                 if m.id == me {
@@ -222,7 +228,49 @@ impl Goal {
                 };
             }
         }
-        Ok(())
+        Ok(parent)
+    }
+
+    /// Violations for a new `period` that would leave children (not
+    /// cancelled) outside it, reported on `prefix.start_date`/`end_date`.
+    async fn children_outside(
+        &self,
+        conn: &impl ConnectionTrait,
+        tenant: &str,
+        id: &str,
+        period: &DateRange,
+        prefix: &str,
+    ) -> Result<Violations, ApiError> {
+        let children = milestone::Entity::find()
+            .filter(milestone::Column::TenantId.eq(tenant))
+            .filter(milestone::Column::ParentId.eq(id))
+            .filter(milestone::Column::State.ne(state::CANCELLED))
+            .all(conn)
+            .await?;
+        let mut v = Violations::new();
+        for child in children {
+            let Some(terms) = convert::terms_of(&child) else {
+                continue;
+            };
+            if !period.contains(&terms.period) {
+                let field = if terms.period.start() < period.start() {
+                    "start_date"
+                } else {
+                    "end_date"
+                };
+                v.add(
+                    format!("{prefix}.{field}"),
+                    format!(
+                        "{} runs from {} to {}, outside the new period; change it first",
+                        Collection::Milestones.name(&child.id),
+                        terms.period.start(),
+                        terms.period.end()
+                    ),
+                );
+                break;
+            }
+        }
+        Ok(v)
     }
 
     pub async fn create_milestone(
@@ -291,8 +339,10 @@ impl Goal {
         }
         load_metric(&*txn, tenant, &metric_id).await?;
         if let Some(p) = &parent_id {
-            self.check_parent(&*txn, tenant, p, &metric_id, &terms.period, None)
+            let parent = self
+                .check_parent(&*txn, tenant, p, &metric_id, &terms.period, None)
                 .await?;
+            ensure_open_parent(&parent)?;
         }
         let now = now_micros();
         let today = settings.today(chrono::Utc::now());
@@ -323,6 +373,7 @@ impl Goal {
             update_time: now,
             activate_time: activate.then_some(now),
             close_time: None,
+            cancel_reason: None,
         };
         apply_terms(&mut row, &terms);
         milestone::Entity::insert(row.clone().into_active_model())
@@ -399,7 +450,8 @@ impl Goal {
                 .filter(milestone::Column::StartDate.lte(format_date(day)))
                 .filter(milestone::Column::EndDate.gte(format_date(day)));
         }
-        let wanted_state = pb::MilestoneState::try_from(req.state).unwrap_or(pb::MilestoneState::Unspecified);
+        let wanted_state = pb::MilestoneState::try_from(req.state)
+            .map_err(|_| ApiError::invalid("state", format!("{} is not a MilestoneState", req.state)))?;
         if let Some(s) = convert::state_to_str(wanted_state) {
             q = q.filter(milestone::Column::State.eq(s));
         }
@@ -510,8 +562,21 @@ impl Goal {
         }
         let before = convert::terms_of(&current)
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored terms of {} do not parse", m.name)))?;
-        // Merge the masked term fields into the current terms.
         let mut v = Violations::new();
+        let stored = convert::milestone(&current, &settings.calendar);
+        if !m.owner.is_empty() && m.owner != stored.owner {
+            v.add(
+                "milestone.owner",
+                "is immutable: cancel this milestone and create one for the new owner",
+            );
+        }
+        if !m.metric.is_empty() && m.metric != stored.metric {
+            v.add(
+                "milestone.metric",
+                "is immutable: cancel this milestone and create one on the new metric",
+            );
+        }
+        // Merge the masked term fields into the current terms.
         let mut after = before.clone();
         if paths.contains(&"target") {
             after.target = m.target;
@@ -550,6 +615,12 @@ impl Goal {
             }
         }
         validate_terms("milestone", &after, &mut v);
+        if after.period != before.period {
+            v.extend(
+                self.children_outside(&*txn, tenant, &id, &after.period, "milestone")
+                    .await?,
+            );
+        }
         let changed = after.changed_fields(&before);
         let needs_revision = current.state == state::ACTIVE && !changed.is_empty();
         if needs_revision && revision_reason.trim().is_empty() {
@@ -573,9 +644,14 @@ impl Goal {
             row.parent_id = new_parent;
         }
         if let Some(p) = row.parent_id.clone() {
-            if paths.contains(&"parent") || !changed.is_empty() {
-                self.check_parent(&*txn, tenant, &p, &row.metric_id, &after.period, Some(&row.id))
+            let relinked = current.parent_id.as_deref() != Some(p.as_str());
+            if relinked || !changed.is_empty() {
+                let parent = self
+                    .check_parent(&*txn, tenant, &p, &row.metric_id, &after.period, Some(&row.id))
                     .await?;
+                if relinked {
+                    ensure_open_parent(&parent)?;
+                }
             }
         }
         let mut changes = Changes::new();
@@ -655,6 +731,7 @@ impl Goal {
         etag: &str,
         to: &'static str,
         final_value: Option<i64>,
+        reason: Option<String>,
     ) -> Result<pb::Milestone, ApiError> {
         let id = parse_name(Collection::Milestones, "name", name)?;
         let (txn, replay) = self.begin::<pb::Milestone>(ctx).await?;
@@ -677,6 +754,19 @@ impl Goal {
                 format!("{name} is {} and cannot become {to}", current.state),
             ));
         }
+        if let Some(value) = final_value {
+            let reached = value >= current.target;
+            if (to == state::ACHIEVED && !reached) || (to == state::MISSED && reached) {
+                return Err(ApiError::invalid(
+                    "final_value",
+                    format!(
+                        "{value} {} the target {}, so the outcome cannot be {to}",
+                        if reached { "reaches" } else { "is below" },
+                        current.target
+                    ),
+                ));
+            }
+        }
         let now = now_micros();
         let mut row = current;
         row.state = to.to_string();
@@ -687,6 +777,7 @@ impl Goal {
             row.close_time = Some(now);
             row.next_review_date = None;
             row.final_value = final_value;
+            row.cancel_reason = reason;
         }
         row.version += 1;
         row.update_time = now;
@@ -797,7 +888,18 @@ impl Goal {
                 self.check_parent(&*txn, tenant, &p, &row.metric_id, &after.period, Some(&row.id))
                     .await?;
             }
-            if after != before {
+            if after == before {
+                return Err(ApiError::invalid(
+                    "adjusted_terms",
+                    "equal the current terms; use REVIEW_OUTCOME_KEEP to keep them",
+                ));
+            }
+            if after.period != before.period {
+                self.children_outside(&*txn, tenant, &id, &after.period, "adjusted_terms")
+                    .await?
+                    .into_result(())?;
+            }
+            {
                 revision_number = Some(
                     Self::record_revision(&*txn, &mut row, &before, &after, req.notes.trim(), ctx, &mut changes)
                         .await?,
@@ -875,7 +977,9 @@ impl Goal {
         let as_of = date_from_wire(req.as_of_date.as_ref())
             .map_err(|e| ApiError::invalid("as_of_date", e))?
             .unwrap_or_else(|| settings.today(chrono::Utc::now()));
-        let page = Page::parse(req.page_size, &req.page_token, &format!("due|{as_of}"))?;
+        // Bound to the request's own field, so a token issued just before the
+        // tenant's midnight stays valid after it.
+        let page = Page::parse(req.page_size, &req.page_token, &format!("due|{:?}", req.as_of_date))?;
         let mut q = milestone::Entity::find()
             .filter(milestone::Column::TenantId.eq(&caller.tenant_id))
             .filter(milestone::Column::State.eq(state::ACTIVE))
@@ -920,8 +1024,10 @@ impl Goal {
             .order_by_asc(milestone::Column::Id)
             .all(conn)
             .await?;
-        let sum = checked_sum(children.iter().map(|c| c.target))
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("children targets of {name} overflow i64")))?;
+        // Summed in i128: many large targets must not overflow, and the
+        // wire fields saturate instead.
+        let exact: i128 = children.iter().map(|c| i128::from(c.target)).sum();
+        let sum = i64::try_from(exact).unwrap_or(i64::MAX);
         let mut uncovered_members = Vec::new();
         let mut uncovered_teams = Vec::new();
         if parent.owner_kind == "team" {
@@ -954,7 +1060,7 @@ impl Goal {
         Ok(pb::Alignment {
             children_target_sum: sum,
             coverage_basis_points: basis_points(sum, parent.target),
-            uncovered_target: parent.target.saturating_sub(sum),
+            uncovered_target: i64::try_from(i128::from(parent.target) - exact).unwrap_or(i64::MIN),
             milestone: Some(convert::milestone(&parent, &settings.calendar)),
             children: children
                 .iter()

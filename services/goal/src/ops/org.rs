@@ -23,10 +23,26 @@ use super::{check_etag, mask_paths, new_id, Changes, Ctx, Goal};
 use crate::convert;
 use crate::entity::{member, membership, metric, milestone, team, tenant_settings};
 
+/// Whether loads on a connection lock the rows they read. Inside a write
+/// transaction they do (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite has a
+/// single writer anyway), so that a check made on a row (its etag, "not in
+/// use", "no overlap", "no cycle") still holds when the transaction commits.
+pub trait RowLocks {
+    const LOCK: bool;
+}
+
+impl RowLocks for sea_orm::DatabaseConnection {
+    const LOCK: bool = false;
+}
+
+impl RowLocks for sea_orm::DatabaseTransaction {
+    const LOCK: bool = true;
+}
+
 /// Loads a row by id within the tenant; NOT_FOUND otherwise (also for
 /// another tenant's row, which must look exactly like a missing one).
-pub async fn load<E>(
-    conn: &impl ConnectionTrait,
+pub async fn load<E, C>(
+    conn: &C,
     collection: Collection,
     id: &str,
     tenant: &str,
@@ -34,9 +50,14 @@ pub async fn load<E>(
 ) -> Result<E::Model, ApiError>
 where
     E: EntityTrait,
+    C: ConnectionTrait + RowLocks,
     <E::PrimaryKey as PrimaryKeyTrait>::ValueType: From<String>,
 {
-    match E::find_by_id(id.to_string()).one(conn).await? {
+    let mut query = E::find_by_id(id.to_string());
+    if C::LOCK {
+        query = query.lock_exclusive();
+    }
+    match query.one(conn).await? {
         Some(row) if tenant_of(&row) == tenant => Ok(row),
         _ => Err(ApiError::not_found(collection.name(id))),
     }
@@ -47,16 +68,28 @@ pub fn parse_name(collection: Collection, field: &str, name: &str) -> Result<Str
     collection.parse(name).map_err(|e| ApiError::invalid(field, e))
 }
 
-pub async fn load_team(conn: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<team::Model, ApiError> {
-    load::<team::Entity>(conn, Collection::Teams, id, tenant, |r| &r.tenant_id).await
+pub async fn load_team(
+    conn: &(impl ConnectionTrait + RowLocks),
+    tenant: &str,
+    id: &str,
+) -> Result<team::Model, ApiError> {
+    load::<team::Entity, _>(conn, Collection::Teams, id, tenant, |r| &r.tenant_id).await
 }
 
-pub async fn load_member(conn: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<member::Model, ApiError> {
-    load::<member::Entity>(conn, Collection::Members, id, tenant, |r| &r.tenant_id).await
+pub async fn load_member(
+    conn: &(impl ConnectionTrait + RowLocks),
+    tenant: &str,
+    id: &str,
+) -> Result<member::Model, ApiError> {
+    load::<member::Entity, _>(conn, Collection::Members, id, tenant, |r| &r.tenant_id).await
 }
 
-pub async fn load_metric(conn: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<metric::Model, ApiError> {
-    load::<metric::Entity>(conn, Collection::Metrics, id, tenant, |r| &r.tenant_id).await
+pub async fn load_metric(
+    conn: &(impl ConnectionTrait + RowLocks),
+    tenant: &str,
+    id: &str,
+) -> Result<metric::Model, ApiError> {
+    load::<metric::Entity, _>(conn, Collection::Metrics, id, tenant, |r| &r.tenant_id).await
 }
 
 /// Every team of the tenant by id: org trees are small enough to walk in
@@ -427,15 +460,21 @@ impl Goal {
             return Ok(r);
         }
         let subject = (!member.subject.is_empty()).then(|| member.subject.clone());
-        self.ensure_member_unique(&*txn, ctx.tenant(), &member.email, subject.as_deref(), None)
-            .await?;
+        self.ensure_member_unique(
+            &*txn,
+            ctx.tenant(),
+            &member.email.trim().to_lowercase(),
+            subject.as_deref(),
+            None,
+        )
+        .await?;
         let now = now_micros();
         let role = pb::MemberRole::try_from(member.role).unwrap_or(pb::MemberRole::Unspecified);
         let row = member::Model {
             id: new_id(),
             tenant_id: ctx.tenant().to_string(),
             display_name: member.display_name,
-            email: member.email,
+            email: member.email.trim().to_lowercase(),
             role: convert::role_to_str(role).unwrap_or("rep").to_string(),
             subject,
             version: 1,
@@ -482,7 +521,8 @@ impl Goal {
             let ids = members_of_teams_on(self.db.conn(), tenant, &subtree(&teams, &team_id), day).await?;
             q = q.filter(member::Column::Id.is_in(ids));
         }
-        let role = pb::MemberRole::try_from(req.role).unwrap_or(pb::MemberRole::Unspecified);
+        let role = pb::MemberRole::try_from(req.role)
+            .map_err(|_| ApiError::invalid("role", format!("{} is not a MemberRole", req.role)))?;
         if let Some(r) = convert::role_to_str(role) {
             q = q.filter(member::Column::Role.eq(r));
         }
@@ -521,7 +561,7 @@ impl Goal {
             row.display_name = member.display_name;
         }
         if paths.contains(&"email") {
-            row.email = member.email;
+            row.email = member.email.trim().to_lowercase();
         }
         if paths.contains(&"role") {
             let role = pb::MemberRole::try_from(member.role).unwrap_or(pb::MemberRole::Unspecified);
@@ -692,7 +732,7 @@ impl Goal {
 
     pub async fn get_membership(&self, caller: &Caller, name: &str) -> Result<pb::Membership, ApiError> {
         let id = parse_name(Collection::Memberships, "name", name)?;
-        let row = load::<membership::Entity>(self.db.conn(), Collection::Memberships, &id, &caller.tenant_id, |r| {
+        let row = load::<membership::Entity, _>(self.db.conn(), Collection::Memberships, &id, &caller.tenant_id, |r| {
             &r.tenant_id
         })
         .await?;
@@ -753,7 +793,7 @@ impl Goal {
             return Ok(r);
         }
         let current =
-            load::<membership::Entity>(&*txn, Collection::Memberships, &id, ctx.tenant(), |r| &r.tenant_id).await?;
+            load::<membership::Entity, _>(&*txn, Collection::Memberships, &id, ctx.tenant(), |r| &r.tenant_id).await?;
         check_etag(&m.etag, current.version, &m.name)?;
         // Merge the masked fields into the current dates, then validate the
         // result as a whole.
@@ -796,7 +836,7 @@ impl Goal {
             return Ok(r);
         }
         let current =
-            load::<membership::Entity>(&*txn, Collection::Memberships, &id, ctx.tenant(), |r| &r.tenant_id).await?;
+            load::<membership::Entity, _>(&*txn, Collection::Memberships, &id, ctx.tenant(), |r| &r.tenant_id).await?;
         check_etag(etag, current.version, name)?;
         current.clone().delete(&*txn).await?;
         let out = convert::membership(&current);
@@ -931,6 +971,20 @@ impl Goal {
         }
         let current = load_metric(&*txn, ctx.tenant(), &id).await?;
         check_etag(&m.etag, current.version, &m.name)?;
+        // Immutable fields may be sent back unchanged (a full resource), but
+        // never changed.
+        let stored = convert::metric(&current);
+        let mut v = Violations::new();
+        if m.unit != 0 && m.unit != stored.unit {
+            v.add("metric.unit", "is immutable: create a new metric instead");
+        }
+        if !m.currency_code.is_empty() && m.currency_code != stored.currency_code {
+            v.add("metric.currency_code", "is immutable: create a new metric instead");
+        }
+        if m.aggregation != 0 && m.aggregation != stored.aggregation {
+            v.add("metric.aggregation", "is immutable: create a new metric instead");
+        }
+        v.into_result(())?;
         let mut row = current;
         if paths.contains(&"display_name") {
             row.display_name = m.display_name;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use milestones_api::goal::goal_service_client::GoalServiceClient;
+use milestones_api::progress::progress_service_client::ProgressServiceClient;
 use milestones_runtime::auth::{mint_token, Role};
 use milestones_runtime::config::Settings;
 use sea_orm::{ConnectionTrait, Database};
@@ -75,6 +76,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub settings: Settings,
     pub database_url: String,
+    pub progress_database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -93,18 +95,53 @@ impl Interceptor for Bearer {
 }
 
 pub type GoalClient = GoalServiceClient<InterceptedService<Channel, Bearer>>;
+pub type ProgressClient = ProgressServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Retries `f` until it returns `Some`, for at most 10 s: progress learns
+/// about goal's changes through a feed, a moment later.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 impl TestApp {
-    /// Starts the goal service on a fresh database.
+    /// Starts goal and progress on fresh databases.
     pub async fn spawn() -> TestApp {
         let url = fresh_database_url().await;
         Self::spawn_on(url).await
     }
 
-    /// Starts the goal service on an existing database (e.g. after a
-    /// restart).
+    /// Starts goal and progress with goal on an existing database (e.g.
+    /// after a restart) and progress on a fresh one.
     pub async fn spawn_on(database_url: String) -> TestApp {
+        let progress_url = fresh_database_url().await;
+        Self::spawn_with(database_url, progress_url, &["goal", "progress"], None).await
+    }
+
+    /// Starts `services` on the given databases; progress reads goal's
+    /// feed from `goal_endpoint` (default: this server).
+    pub async fn spawn_with(
+        database_url: String,
+        progress_database_url: String,
+        services: &[&str],
+        goal_endpoint: Option<String>,
+    ) -> TestApp {
         let mut settings = Settings::default();
+        settings.progress.database_url = progress_database_url.clone();
+        settings.progress.goal_endpoint = goal_endpoint.unwrap_or_default();
+        settings.progress.period_end_check_secs = 1;
         settings.goal.database_url = database_url.clone();
         settings.goal.max_connections = 8;
         settings.grpc.feed_heartbeat_ms = 300;
@@ -122,8 +159,14 @@ impl TestApp {
         let run_settings = settings.clone();
         // Build (connect, migrate) before returning, so clients can connect
         // at once: the listener is already bound.
+        let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+        let health_of = if services.contains(&"goal".to_string()) {
+            "milestones.goal.v1.GoalService"
+        } else {
+            "milestones.progress.v1.ProgressService"
+        };
         let server = tokio::spawn(async move {
-            milestones::suite::run(run_settings, &["goal".to_string()], listener, async {
+            milestones::suite::run(run_settings, &services, listener, async {
                 let _ = rx.await;
             })
             .await
@@ -132,21 +175,22 @@ impl TestApp {
             addr,
             settings,
             database_url,
+            progress_database_url,
             shutdown: Some(tx),
             server: Some(server),
         };
-        app.wait_until_serving().await;
+        app.wait_until_serving(health_of).await;
         app
     }
 
-    async fn wait_until_serving(&self) {
+    async fn wait_until_serving(&self, service: &str) {
         use tonic_health::pb::health_client::HealthClient;
         use tonic_health::pb::HealthCheckRequest;
         for _ in 0..200 {
             if let Ok(ch) = Channel::from_shared(self.endpoint()).expect("endpoint").connect().await {
                 let mut health = HealthClient::new(ch);
                 let req = HealthCheckRequest {
-                    service: "milestones.goal.v1.GoalService".into(),
+                    service: service.into(),
                 };
                 if let Ok(r) = health.check(req).await {
                     if r.into_inner().status == 1 {
@@ -194,6 +238,13 @@ impl TestApp {
     pub async fn goal(&self, tenant: &str, roles: &[Role]) -> GoalClient {
         let token = self.token(tenant, "tester", roles);
         self.goal_with_token(Some(token)).await
+    }
+
+    /// A progress client for `tenant` with `roles`.
+    pub async fn progress(&self, tenant: &str, roles: &[Role]) -> ProgressClient {
+        let token = self.token(tenant, "tester", roles);
+        let value = format!("Bearer {token}").parse().expect("ascii token");
+        ProgressServiceClient::with_interceptor(self.channel().await, Bearer(Some(value)))
     }
 
     /// A tenant admin's goal client.

@@ -5,6 +5,7 @@ mod feed;
 mod fixtures;
 mod milestones;
 mod org;
+mod progress;
 mod rules;
 mod security;
 mod server;

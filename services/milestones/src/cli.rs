@@ -38,8 +38,8 @@ enum Command {
     /// Runs the services (all of them by default) on one port. With no
     /// configuration it uses embedded SQLite files under ./data.
     Server {
-        /// Which services to run, comma-separated (available: goal).
-        #[arg(long, value_delimiter = ',', default_value = "goal")]
+        /// Which services to run, comma-separated (available: goal, progress).
+        #[arg(long, value_delimiter = ',', default_value = "goal,progress")]
         services: Vec<String>,
         /// Overrides `listen_addr`, e.g. 0.0.0.0:50051.
         #[arg(long)]
@@ -48,7 +48,7 @@ enum Command {
     /// Applies pending database migrations and exits.
     Migrate {
         /// Which services' databases to migrate, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "goal")]
+        #[arg(long, value_delimiter = ',', default_value = "goal,progress")]
         services: Vec<String>,
     },
     /// Mints a development bearer token signed with the configured HS256
@@ -232,6 +232,12 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
                         let db = milestones_runtime::db::Db::connect(&url, 1).await?;
                         milestones_goal::migrate(&db).await?;
                         eprintln!("goal: migrations applied");
+                    }
+                    "progress" => {
+                        let url = settings.progress.database().url_for("progress", &settings.data_dir);
+                        let db = milestones_runtime::db::Db::connect(&url, 1).await?;
+                        milestones_progress::migrate(&db).await?;
+                        eprintln!("progress: migrations applied");
                     }
                     other => anyhow::bail!(
                         "unknown service {other:?}; the services are: {}",

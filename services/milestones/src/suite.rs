@@ -5,15 +5,25 @@ use std::future::Future;
 use std::time::Duration;
 
 use milestones_goal::GoalService;
+use milestones_progress::ProgressService;
 use milestones_runtime::auth::Authenticator;
 use milestones_runtime::config::Settings;
+use milestones_runtime::db::Db;
 use milestones_runtime::server::{base_routes, serve, Health};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
 /// The services `milestones server` can run.
-pub const SERVICES: &[&str] = &["goal"];
+pub const SERVICES: &[&str] = &["goal", "progress"];
+
+/// The gRPC name a service reports health under.
+fn grpc_name(service: &str) -> &'static str {
+    match service {
+        "progress" => milestones_progress::SERVICE_NAME,
+        _ => milestones_goal::SERVICE_NAME,
+    }
+}
 
 /// Runs `services` on `listener` until `shutdown` resolves.
 pub async fn run(
@@ -28,38 +38,38 @@ pub async fn run(
         }
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let names: Vec<&str> = services
-        .iter()
-        .filter(|s| *s == "goal")
-        .map(|_| milestones_goal::SERVICE_NAME)
-        .collect();
+    let names: Vec<&str> = services.iter().map(|s| grpc_name(s)).collect();
     let (mut routes, health) = base_routes(&names)?;
     let auth = Authenticator::new(&settings.auth.to_config());
+    let local = listener.local_addr()?;
+    let mut databases: Vec<(&'static str, Db)> = Vec::new();
     if services.iter().any(|s| s == "goal") {
         let goal = GoalService::build(&settings, stop_rx.clone()).await?;
-        let db = goal.db().clone();
+        databases.push((milestones_goal::SERVICE_NAME, goal.db().clone()));
         routes = goal.add_to(routes, auth.clone(), settings.grpc.max_message_bytes);
-        health.set(milestones_goal::SERVICE_NAME, ServingStatus::Serving).await;
-        tokio::spawn(watch_readiness(
-            health.clone(),
-            milestones_goal::SERVICE_NAME,
-            db,
-            stop_rx.clone(),
-        ));
     }
-    tracing::info!(addr = %listener.local_addr()?, services = ?services, "serving");
+    if services.iter().any(|s| s == "progress") {
+        let goal_endpoint = if settings.progress.goal_endpoint.is_empty() {
+            format!("http://{local}")
+        } else {
+            settings.progress.goal_endpoint.clone()
+        };
+        let progress = ProgressService::build(&settings, goal_endpoint, stop_rx.clone()).await?;
+        databases.push((milestones_progress::SERVICE_NAME, progress.db().clone()));
+        routes = progress.add_to(routes, auth.clone(), settings.grpc.max_message_bytes);
+    }
+    for (name, db) in databases {
+        health.set(name, ServingStatus::Serving).await;
+        tokio::spawn(watch_readiness(health.clone(), name, db, stop_rx.clone()));
+    }
+    tracing::info!(addr = %local, services = ?services, "serving");
     serve(routes, listener, &settings.grpc, health, stop_tx, shutdown).await
 }
 
 /// Keeps a service's health in step with its database: NOT_SERVING while
 /// the database does not answer, SERVING again once it does. Stops at
 /// shutdown, which sets NOT_SERVING itself.
-async fn watch_readiness(
-    health: Health,
-    service: &'static str,
-    db: milestones_runtime::db::Db,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn watch_readiness(health: Health, service: &'static str, db: Db, mut stop: watch::Receiver<bool>) {
     let mut serving = true;
     loop {
         tokio::select! {

@@ -29,6 +29,8 @@ pub struct Settings {
     pub grpc: GrpcSettings,
     /// The goal service's store.
     pub goal: DatabaseSettings,
+    /// The progress service's store and peers.
+    pub progress: ProgressSettings,
 }
 
 impl Default for Settings {
@@ -40,6 +42,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             grpc: GrpcSettings::default(),
             goal: DatabaseSettings::default(),
+            progress: ProgressSettings::default(),
         }
     }
 }
@@ -200,6 +203,44 @@ impl DatabaseSettings {
     }
 }
 
+/// The progress service's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProgressSettings {
+    /// `postgres://...` or `sqlite://...`; empty means an SQLite file in
+    /// `data_dir`.
+    pub database_url: String,
+    /// Connection pool size.
+    pub max_connections: u32,
+    /// Where the goal service is, for its change feed (e.g.
+    /// `http://goal:50051`); empty means this process's own listener, as in
+    /// `milestones server`.
+    pub goal_endpoint: String,
+    /// How often milestones whose period ended are checked for MISSED and
+    /// PERIOD_ENDED events, in seconds.
+    pub period_end_check_secs: u64,
+}
+
+impl Default for ProgressSettings {
+    fn default() -> Self {
+        Self {
+            database_url: String::new(),
+            max_connections: 8,
+            goal_endpoint: String::new(),
+            period_end_check_secs: 60,
+        }
+    }
+}
+
+impl ProgressSettings {
+    pub fn database(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            database_url: self.database_url.clone(),
+            max_connections: self.max_connections,
+        }
+    }
+}
+
 /// Loads settings from the defaults, the optional `file` and the
 /// environment, then validates them. The error lists every problem.
 pub fn load(file: Option<&Path>) -> Result<Settings, String> {
@@ -263,6 +304,10 @@ impl Settings {
             p.push("grpc.feed_heartbeat_ms and grpc.feed_poll_ms: must be greater than zero".to_string());
         }
         p.extend(self.goal.problems("goal"));
+        p.extend(self.progress.database().problems("progress"));
+        if self.progress.period_end_check_secs == 0 {
+            p.push("progress.period_end_check_secs: must be greater than zero".to_string());
+        }
         p
     }
 }

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// A cursor or token outside what the server holds.
     #[error("{message}")]
     OutOfRange { reason: &'static str, message: String },
+    /// A limit was hit (batch size, rate); the message says which.
+    #[error("{message}")]
+    ResourceExhausted { reason: &'static str, message: String },
     /// The caller is known but may not do this.
     #[error("{message}")]
     PermissionDenied { message: String },
@@ -92,6 +95,7 @@ impl ApiError {
             ApiError::AlreadyExists { reason, .. }
             | ApiError::FailedPrecondition { reason, .. }
             | ApiError::Aborted { reason, .. }
+            | ApiError::ResourceExhausted { reason, .. }
             | ApiError::OutOfRange { reason, .. } => reason,
             ApiError::PermissionDenied { .. } => "PERMISSION_DENIED",
             ApiError::Unauthenticated { .. } => "UNAUTHENTICATED",
@@ -128,6 +132,7 @@ impl ApiError {
             }
             ApiError::Aborted { message, .. } => (Code::Aborted, message.clone()),
             ApiError::OutOfRange { message, .. } => (Code::OutOfRange, message.clone()),
+            ApiError::ResourceExhausted { message, .. } => (Code::ResourceExhausted, message.clone()),
             ApiError::PermissionDenied { message } => (Code::PermissionDenied, message.clone()),
             ApiError::Unauthenticated { detail } => {
                 tracing::info!(%detail, "request refused: unauthenticated");

@@ -1,0 +1,344 @@
+//! The `ProgressService` gRPC surface: authenticate, authorise, parse, call
+//! a use case, map its error.
+
+use std::pin::Pin;
+
+use chrono::Utc;
+use futures::{Stream, StreamExt};
+use milestones_api::progress as pb;
+use milestones_api::progress::progress_service_server::ProgressService;
+use milestones_domain::names::Collection;
+use milestones_domain::Violations;
+use milestones_runtime::auth::{Caller, Role, ALL_TENANTS};
+use milestones_runtime::feed::{FeedItem, FeedTiming};
+use milestones_runtime::wire::{micros_to_timestamp, now_micros};
+use milestones_runtime::ApiError;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::ops::{parse_activity, parse_progress_name, Progress, EVENT_LOG, MAX_BATCH};
+
+/// `ErrorInfo.domain` of every error this service returns.
+pub const ERROR_DOMAIN: &str = "progress.milestones.dev";
+
+const WRITERS: &[Role] = &[Role::Admin, Role::Service];
+const READERS: &[Role] = &[Role::Admin, Role::Manager, Role::Rep, Role::Service];
+const FEED_READERS: &[Role] = &[Role::Admin, Role::Service];
+/// Most names in one BatchGetProgress.
+const MAX_BATCH_GET: usize = 100;
+
+/// The gRPC handler.
+#[derive(Clone)]
+pub struct ProgressApi {
+    pub progress: Progress,
+    pub timing: FeedTiming,
+    pub stop_feeds: watch::Receiver<bool>,
+}
+
+fn status(e: ApiError) -> Status {
+    e.into_status(ERROR_DOMAIN)
+}
+
+fn caller<T>(req: &Request<T>, roles: &[Role], action: &str) -> Result<Caller, Status> {
+    let caller = Caller::of(req).map_err(status)?;
+    caller.require_any(roles, action).map_err(status)?;
+    if caller.tenant_id == ALL_TENANTS && action != "WatchMilestoneEvents" {
+        return Err(status(ApiError::permission_denied(format!(
+            "{action} acts in one tenant; an all-tenants token may only watch feeds"
+        ))));
+    }
+    Ok(caller)
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn reply<T>(r: Result<T, ApiError>) -> Reply<T> {
+    r.map(Response::new).map_err(status)
+}
+
+#[tonic::async_trait]
+impl ProgressService for ProgressApi {
+    async fn record_activity(&self, req: Request<pb::RecordActivityRequest>) -> Reply<pb::Activity> {
+        let caller = caller(&req, WRITERS, "RecordActivity")?;
+        let entry = parse_activity("", req.get_ref(), now_micros()).map_err(|v| status(v.into()))?;
+        let mut out = self
+            .progress
+            .record(&caller, vec![entry], false)
+            .await
+            .map_err(status)?;
+        out.pop()
+            .map(Response::new)
+            .ok_or_else(|| status(ApiError::Internal(anyhow::anyhow!("record returned nothing"))))
+    }
+
+    async fn record_activities(
+        &self,
+        req: Request<pb::RecordActivitiesRequest>,
+    ) -> Reply<pb::RecordActivitiesResponse> {
+        let caller = caller(&req, WRITERS, "RecordActivities")?;
+        let requests = &req.get_ref().requests;
+        if requests.is_empty() {
+            return Err(status(ApiError::invalid("requests", "must hold at least one activity")));
+        }
+        if requests.len() > MAX_BATCH {
+            return Err(status(ApiError::ResourceExhausted {
+                reason: "BATCH_TOO_LARGE",
+                message: format!(
+                    "at most {MAX_BATCH} activities per call (got {}); split the batch",
+                    requests.len()
+                ),
+            }));
+        }
+        let now = now_micros();
+        let mut v = Violations::new();
+        let mut entries = Vec::with_capacity(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            match parse_activity(&format!("requests[{i}]"), r, now) {
+                Ok(e) => entries.push(e),
+                Err(errs) => v.extend(errs),
+            }
+        }
+        v.into_result(()).map_err(|v| status(v.into()))?;
+        reply(
+            self.progress
+                .record(&caller, entries, true)
+                .await
+                .map(|activities| pb::RecordActivitiesResponse { activities }),
+        )
+    }
+
+    async fn void_activity(&self, req: Request<pb::VoidActivityRequest>) -> Reply<pb::Activity> {
+        let caller = caller(&req, WRITERS, "VoidActivity")?;
+        let r = req.get_ref();
+        let mut v = Violations::new();
+        v.check_text("reason", &r.reason, 1, 1000);
+        if r.request_id.is_empty() {
+            v.add(
+                "request_id",
+                "is required: retries with the same request_id are applied once",
+            );
+        }
+        v.into_result(()).map_err(|v| status(v.into()))?;
+        let mut clean = r.clone();
+        clean.request_id.clear();
+        reply(
+            self.progress
+                .void(&caller, &r.name, &r.reason, &r.request_id, &clean.encode_to_vec())
+                .await,
+        )
+    }
+
+    async fn get_activity(&self, req: Request<pb::GetActivityRequest>) -> Reply<pb::Activity> {
+        let caller = caller(&req, READERS, "GetActivity")?;
+        reply(self.progress.get_activity(&caller, &req.get_ref().name).await)
+    }
+
+    async fn list_activities(&self, req: Request<pb::ListActivitiesRequest>) -> Reply<pb::ListActivitiesResponse> {
+        let caller = caller(&req, READERS, "ListActivities")?;
+        reply(self.progress.list_activities(&caller, req.into_inner()).await)
+    }
+
+    async fn get_progress(&self, req: Request<pb::GetProgressRequest>) -> Reply<pb::Progress> {
+        let caller = caller(&req, READERS, "GetProgress")?;
+        reply(self.progress.get_progress(&caller, &req.get_ref().name).await)
+    }
+
+    async fn batch_get_progress(
+        &self,
+        req: Request<pb::BatchGetProgressRequest>,
+    ) -> Reply<pb::BatchGetProgressResponse> {
+        let caller = caller(&req, READERS, "BatchGetProgress")?;
+        let names = &req.get_ref().names;
+        if names.len() > MAX_BATCH_GET {
+            return Err(status(ApiError::invalid(
+                "names",
+                format!("at most {MAX_BATCH_GET} names (got {})", names.len()),
+            )));
+        }
+        let mut v = Violations::new();
+        let ids: Vec<String> = names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                parse_progress_name(n, &format!("names[{i}]"))
+                    .map_err(|e| v.extend(violations(e)))
+                    .ok()
+            })
+            .collect();
+        v.into_result(()).map_err(|v| status(v.into()))?;
+        let now = Utc::now();
+        let mut progress = Vec::with_capacity(ids.len());
+        for id in ids {
+            progress.push(
+                self.progress
+                    .snapshot(self.progress.db.conn(), &caller.tenant_id, &id, now)
+                    .await
+                    .map_err(status)?,
+            );
+        }
+        Ok(Response::new(pb::BatchGetProgressResponse { progress }))
+    }
+
+    async fn get_leaderboard(&self, req: Request<pb::GetLeaderboardRequest>) -> Reply<pb::GetLeaderboardResponse> {
+        let caller = caller(&req, READERS, "GetLeaderboard")?;
+        reply(self.progress.leaderboard(&caller, req.into_inner()).await)
+    }
+
+    async fn get_time_series(&self, req: Request<pb::GetTimeSeriesRequest>) -> Reply<pb::GetTimeSeriesResponse> {
+        let caller = caller(&req, READERS, "GetTimeSeries")?;
+        reply(self.progress.time_series(&caller, req.into_inner()).await)
+    }
+
+    async fn get_performance_history(
+        &self,
+        req: Request<pb::GetPerformanceHistoryRequest>,
+    ) -> Reply<pb::GetPerformanceHistoryResponse> {
+        let caller = caller(&req, READERS, "GetPerformanceHistory")?;
+        reply(self.progress.performance_history(&caller, req.into_inner()).await)
+    }
+
+    type WatchProgressStream = Pin<Box<dyn Stream<Item = Result<pb::WatchProgressResponse, Status>> + Send>>;
+
+    async fn watch_progress(&self, req: Request<pb::WatchProgressRequest>) -> Reply<Self::WatchProgressStream> {
+        let caller = caller(&req, READERS, "WatchProgress")?;
+        let selector = req
+            .into_inner()
+            .selector
+            .ok_or_else(|| status(ApiError::invalid("selector", "give a milestone, a member or a team")))?;
+        let (kind, id) = match &selector {
+            pb::watch_progress_request::Selector::Milestone(m) => (
+                "milestone",
+                Collection::Milestones
+                    .parse(m)
+                    .map_err(|e| status(ApiError::invalid("milestone", e)))?,
+            ),
+            pb::watch_progress_request::Selector::Member(m) => (
+                "member",
+                Collection::Members
+                    .parse(m)
+                    .map_err(|e| status(ApiError::invalid("member", e)))?,
+            ),
+            pb::watch_progress_request::Selector::Team(t) => (
+                "team",
+                Collection::Teams
+                    .parse(t)
+                    .map_err(|e| status(ApiError::invalid("team", e)))?,
+            ),
+        };
+        let progress = self.progress.clone();
+        let mut changes = progress.changes.subscribe();
+        let mut stop = self.stop_feeds.clone();
+        let heartbeat = self.timing.heartbeat;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let tenant = caller.tenant_id.clone();
+            let teams = if kind == "team" {
+                crate::store::subtree(progress.db.conn(), &tenant, &id)
+                    .await
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            loop {
+                let next = tokio::select! {
+                    c = changes.recv() => c,
+                    _ = tokio::time::sleep(heartbeat) => {
+                        let hb = pb::WatchProgressResponse {
+                            kind: Some(pb::watch_progress_response::Kind::Heartbeat(pb::FeedHeartbeat {
+                                head_sequence: 0,
+                                heartbeat_time: Some(micros_to_timestamp(now_micros())),
+                            })),
+                        };
+                        if tx.send(Ok(hb)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(status(ApiError::Unavailable {
+                            message: "the server is shutting down; reconnect".into(),
+                        }))).await;
+                        return;
+                    }
+                };
+                let change = match next {
+                    Ok(c) => c,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                };
+                let wanted = change.tenant_id == tenant
+                    && match kind {
+                        "milestone" => change.milestone_id == id,
+                        "member" => change.owner_kind == "member" && change.owner_id == id,
+                        _ => change.owner_kind == "team" && teams.contains(&change.owner_id),
+                    };
+                if !wanted {
+                    continue;
+                }
+                let snapshot = progress
+                    .snapshot(progress.db.conn(), &tenant, &change.milestone_id, Utc::now())
+                    .await;
+                let msg = snapshot.map(|p| pb::WatchProgressResponse {
+                    kind: Some(pb::watch_progress_response::Kind::Progress(p)),
+                });
+                if tx.send(msg.map_err(status)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchMilestoneEventsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchMilestoneEventsResponse, Status>> + Send>>;
+
+    async fn watch_milestone_events(
+        &self,
+        req: Request<pb::WatchMilestoneEventsRequest>,
+    ) -> Reply<Self::WatchMilestoneEventsStream> {
+        let caller = caller(&req, FEED_READERS, "WatchMilestoneEvents")?;
+        let items = EVENT_LOG
+            .watch(
+                self.progress.db.clone(),
+                caller.feed_scope(),
+                req.get_ref().after_sequence,
+                self.progress.events.clone(),
+                self.timing,
+                self.stop_feeds.clone(),
+            )
+            .await
+            .map_err(status)?;
+        let stream = items.map(|item| {
+            let kind = match item.map_err(status)? {
+                FeedItem::Event(e) => {
+                    let mut event = pb::MilestoneEvent::decode(e.payload.as_slice()).map_err(|err| {
+                        status(ApiError::Internal(anyhow::anyhow!(
+                            "stored event {} does not decode: {err}",
+                            e.sequence
+                        )))
+                    })?;
+                    event.sequence = e.sequence;
+                    pb::watch_milestone_events_response::Kind::Event(event)
+                }
+                FeedItem::Heartbeat { head_sequence } => {
+                    pb::watch_milestone_events_response::Kind::Heartbeat(pb::FeedHeartbeat {
+                        head_sequence,
+                        heartbeat_time: Some(micros_to_timestamp(now_micros())),
+                    })
+                }
+            };
+            Ok(pb::WatchMilestoneEventsResponse { kind: Some(kind) })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The violations of an INVALID_ARGUMENT error (empty for other errors).
+fn violations(e: ApiError) -> Violations {
+    match e {
+        ApiError::InvalidArgument(v) => v,
+        _ => Violations::new(),
+    }
+}

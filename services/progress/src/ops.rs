@@ -1,0 +1,997 @@
+//! The progress service's use cases: recording and voiding activities with
+//! their incremental rollups, reconciling after goal changes, and the reads.
+//!
+//! Every write is one transaction: the activity, its credits, the running
+//! value of every milestone it counts toward, the daily totals, the
+//! milestone events it causes and its `request_id` commit together.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use milestones_api::progress as pb;
+use milestones_domain::attainment::basis_points;
+use milestones_domain::calendar::{format_date, DateRange};
+use milestones_domain::names::Collection;
+use milestones_domain::Violations;
+use milestones_runtime::auth::Caller;
+use milestones_runtime::db::{Db, WriteTxn};
+use milestones_runtime::feed::{FeedNotifier, FeedTable};
+use milestones_runtime::idempotency::{self, Key};
+use milestones_runtime::wire::{date_to_wire, micros_to_timestamp, now_micros};
+use milestones_runtime::ApiError;
+use prost::Message;
+use sea_orm::{ConnectionTrait, Value};
+use tokio::sync::broadcast;
+
+use crate::rules::{self, Crossing};
+use crate::store::{self, exec, row, rows, MilestoneRow};
+
+/// The milestone event feed's log.
+pub const EVENT_LOG: FeedTable = FeedTable {
+    table: "milestone_events",
+    lock_key: 0x7072_6f67_0001, // "prog" 1
+};
+
+/// Most entries in one RecordActivities call.
+pub const MAX_BATCH: usize = 1_000;
+/// Most members one activity may be split across.
+pub const MAX_SPLITS: usize = 20;
+/// How far in the future an activity may be dated (clock skew).
+pub const FUTURE_TOLERANCE_MICROS: i64 = 5 * 60 * 1_000_000;
+
+/// A milestone whose progress changed, for live watchers.
+#[derive(Debug, Clone)]
+pub struct ProgressChanged {
+    pub tenant_id: String,
+    pub milestone_id: String,
+    pub owner_kind: String,
+    pub owner_id: String,
+}
+
+/// The state the use cases share.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub db: Db,
+    pub events: FeedNotifier,
+    pub changes: broadcast::Sender<ProgressChanged>,
+}
+
+/// Milestones to recompute after goal changes.
+#[derive(Debug, Default)]
+pub struct Reconcile {
+    pub milestones: BTreeSet<String>,
+    pub all_team_milestones: bool,
+}
+
+/// One validated activity to record.
+#[derive(Debug, Clone)]
+pub struct NewActivity {
+    pub member_id: String,
+    pub metric_id: String,
+    pub value: i64,
+    pub occurred_at: i64,
+    pub source: String,
+    pub external_reference: Option<String>,
+    /// (member id, share in basis points); empty means all to `member_id`.
+    pub splits: Vec<(String, u32)>,
+    pub request_id: String,
+    /// The request as sent, `request_id` cleared, for idempotency.
+    pub request: Vec<u8>,
+}
+
+/// Parses and checks one RecordActivityRequest; violations are reported
+/// under `prefix` (empty for a single request, `requests[3]` in a batch).
+pub fn parse_activity(prefix: &str, req: &pb::RecordActivityRequest, now: i64) -> Result<NewActivity, Violations> {
+    let field = |f: &str| {
+        if prefix.is_empty() {
+            f.to_string()
+        } else {
+            format!("{prefix}.{f}")
+        }
+    };
+    let mut v = Violations::new();
+    let member_id = Collection::Members
+        .parse(&req.member)
+        .map_err(|e| v.add(field("member"), e))
+        .ok();
+    let metric_id = Collection::Metrics
+        .parse(&req.metric)
+        .map_err(|e| v.add(field("metric"), e))
+        .ok();
+    if req.value == 0 {
+        v.add(field("value"), "must not be zero");
+    }
+    let occurred_at = match &req.occurred_at {
+        None => {
+            v.add(field("occurred_at"), "is required");
+            None
+        }
+        Some(t) => {
+            let micros = i128::from(t.seconds) * 1_000_000 + i128::from(t.nanos) / 1_000;
+            // 1900-01-01 .. now + tolerance.
+            if t.nanos < 0 || t.nanos >= 1_000_000_000 || micros < -2_208_988_800_000_000 {
+                v.add(field("occurred_at"), "is not a valid instant after 1900");
+                None
+            } else if micros > i128::from(now + FUTURE_TOLERANCE_MICROS) {
+                v.add(
+                    field("occurred_at"),
+                    "is more than 5 minutes in the future; send the time it happened",
+                );
+                None
+            } else {
+                i64::try_from(micros).ok()
+            }
+        }
+    };
+    let source_ok = (1..=64).contains(&req.source.len())
+        && req
+            .source
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if !source_ok {
+        v.add(
+            field("source"),
+            "must be 1..64 characters of a-z, 0-9, '.', '_' or '-' (e.g. salesforce)",
+        );
+    }
+    if req.external_reference.len() > 256 {
+        v.add(field("external_reference"), "must be at most 256 characters");
+    }
+    if req.request_id.is_empty() {
+        v.add(
+            field("request_id"),
+            "is required: retries with the same request_id are applied once",
+        );
+    } else if req.request_id.len() > idempotency::MAX_REQUEST_ID_LEN {
+        v.add(field("request_id"), "must be at most 128 characters");
+    }
+    let mut splits = Vec::new();
+    if req.credit_splits.len() > MAX_SPLITS {
+        v.add(field("credit_splits"), format!("at most {MAX_SPLITS} splits"));
+    } else if !req.credit_splits.is_empty() {
+        let mut seen = BTreeSet::new();
+        let mut total: i64 = 0;
+        for (i, s) in req.credit_splits.iter().enumerate() {
+            let f = |x: &str| field(&format!("credit_splits[{i}].{x}"));
+            match Collection::Members.parse(&s.member) {
+                Ok(id) if !seen.insert(id.clone()) => v.add(f("member"), "appears twice; give each member one share"),
+                Ok(id) => splits.push((id, s.share_basis_points.max(0) as u32)),
+                Err(e) => v.add(f("member"), e),
+            }
+            if !(1..=10_000).contains(&s.share_basis_points) {
+                v.add(f("share_basis_points"), "must be from 1 to 10000");
+            }
+            total += i64::from(s.share_basis_points);
+        }
+        if total != 10_000 {
+            v.add(
+                field("credit_splits"),
+                format!("shares must sum to 10000 basis points (got {total})"),
+            );
+        }
+    }
+    let (Some(member_id), Some(metric_id), Some(occurred_at)) = (member_id, metric_id, occurred_at) else {
+        return Err(v);
+    };
+    v.into_result(())?;
+    let mut clean = req.clone();
+    clean.request_id.clear();
+    Ok(NewActivity {
+        member_id,
+        metric_id,
+        value: req.value,
+        occurred_at,
+        source: req.source.clone(),
+        external_reference: (!req.external_reference.is_empty()).then(|| req.external_reference.clone()),
+        splits,
+        request_id: req.request_id.clone(),
+        request: clean.encode_to_vec(),
+    })
+}
+
+fn activity_name(id: &str) -> String {
+    format!("activities/{id}")
+}
+
+/// The wire form of a stored activity.
+async fn load_activity(conn: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<pb::Activity, ApiError> {
+    let r = row(
+        conn,
+        "SELECT id, member_id, metric_id, value, occurred_at, source, external_reference, credit_splits, state, \
+         void_reason, void_time, create_time, recorded_by FROM activities WHERE id = $1 AND tenant_id = $2",
+        vec![id.into(), tenant.into()],
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found(activity_name(id)))?;
+    let credits = rows(
+        conn,
+        "SELECT member_id, amount FROM activity_credits WHERE activity_id = $1 ORDER BY member_id",
+        vec![id.into()],
+    )
+    .await?;
+    let splits: Vec<(String, u32)> =
+        serde_json::from_str(&r.try_get::<String>("", "credit_splits")?).unwrap_or_default();
+    let state: String = r.try_get("", "state")?;
+    Ok(pb::Activity {
+        name: activity_name(id),
+        member: Collection::Members.name(&r.try_get::<String>("", "member_id")?),
+        metric: Collection::Metrics.name(&r.try_get::<String>("", "metric_id")?),
+        value: r.try_get("", "value")?,
+        occurred_at: Some(micros_to_timestamp(r.try_get("", "occurred_at")?)),
+        source: r.try_get("", "source")?,
+        external_reference: r
+            .try_get::<Option<String>>("", "external_reference")?
+            .unwrap_or_default(),
+        credit_splits: splits
+            .into_iter()
+            .map(|(m, bp)| pb::CreditSplit {
+                member: Collection::Members.name(&m),
+                share_basis_points: bp as i32,
+            })
+            .collect(),
+        credited_amounts: credits
+            .iter()
+            .map(|c| {
+                Ok(pb::CreditedAmount {
+                    member: Collection::Members.name(&c.try_get::<String>("", "member_id")?),
+                    amount: c.try_get("", "amount")?,
+                })
+            })
+            .collect::<Result<_, sea_orm::DbErr>>()?,
+        state: if state == "voided" {
+            pb::ActivityState::Voided
+        } else {
+            pb::ActivityState::Active
+        } as i32,
+        void_reason: r.try_get("", "void_reason")?,
+        void_time: r.try_get::<Option<i64>>("", "void_time")?.map(micros_to_timestamp),
+        create_time: Some(micros_to_timestamp(r.try_get("", "create_time")?)),
+        recorded_by: r.try_get("", "recorded_by")?,
+    })
+}
+
+/// The civil date of an instant in a time zone.
+fn civil_date(micros: i64, tz: chrono_tz::Tz) -> NaiveDate {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .map(|t| t.with_timezone(&tz).date_naive())
+        .unwrap_or(NaiveDate::MIN)
+}
+
+/// The milestones a credit to `member` on `day` counts toward: the member's
+/// own, and those of every team the member belonged to that day, up the
+/// tree. Returns them with the owner's team chain (for events).
+async fn affected_milestones(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    member: &str,
+    metric: &str,
+    day: &str,
+) -> Result<(Vec<MilestoneRow>, Vec<String>), ApiError> {
+    let chain = match store::team_on(conn, tenant, member, day).await? {
+        Some(team) => store::team_chain(conn, tenant, &team).await?,
+        None => Vec::new(),
+    };
+    let mut clause = String::from(
+        "tenant_id = $1 AND metric_id = $2 AND state = 'active' AND start_date <= $3 AND end_date >= $3 \
+         AND ((owner_kind = 'member' AND owner_id = $4)",
+    );
+    let mut values: Vec<Value> = vec![tenant.into(), metric.into(), day.into(), member.into()];
+    if !chain.is_empty() {
+        let placeholders: Vec<String> = (0..chain.len()).map(|i| format!("${}", i + 5)).collect();
+        clause.push_str(&format!(
+            " OR (owner_kind = 'team' AND owner_id IN ({})))",
+            placeholders.join(", ")
+        ));
+        values.extend(chain.iter().map(|t| Value::from(t.clone())));
+    } else {
+        clause.push(')');
+    }
+    clause.push_str(" ORDER BY id");
+    Ok((store::milestones_where(conn, &clause, values).await?, chain))
+}
+
+/// Builds the wire event of a crossing.
+pub fn event_of(
+    m: &MilestoneRow,
+    crossing: &Crossing,
+    owner_teams: &[String],
+    activity: Option<&str>,
+    calendar: &milestones_domain::calendar::FiscalCalendar,
+    now: i64,
+) -> pb::MilestoneEvent {
+    let owner = if m.owner_kind == "team" {
+        Collection::Teams.name(&m.owner_id)
+    } else {
+        Collection::Members.name(&m.owner_id)
+    };
+    let period = m.period();
+    pb::MilestoneEvent {
+        sequence: 0,
+        event_time: Some(micros_to_timestamp(now)),
+        tenant_id: m.tenant_id.clone(),
+        kind: crossing.kind as i32,
+        milestone: Collection::Milestones.name(&m.id),
+        owner,
+        owner_teams: owner_teams.iter().map(|t| Collection::Teams.name(t)).collect(),
+        metric: Collection::Metrics.name(&m.metric_id),
+        checkpoint_index: crossing.checkpoint_index.map(|i| i as i32),
+        threshold: crossing.threshold,
+        value: m.value,
+        target: m.target,
+        attainment_basis_points: basis_points(m.value, m.target),
+        activity: activity.map(activity_name).unwrap_or_default(),
+        start_date: period.map(|p| date_to_wire(p.start())),
+        end_date: period.map(|p| date_to_wire(p.end())),
+        fiscal_period: period.and_then(|p| calendar.name_of(&p)).unwrap_or_default(),
+    }
+}
+
+/// Adds `delta` to a daily total row, creating it.
+async fn add_milestone_daily(
+    conn: &impl ConnectionTrait,
+    milestone: &str,
+    day: &str,
+    delta: i64,
+) -> Result<(), ApiError> {
+    exec(
+        conn,
+        "INSERT INTO milestone_daily (milestone_id, day, amount) VALUES ($1, $2, $3) \
+         ON CONFLICT (milestone_id, day) DO UPDATE SET amount = milestone_daily.amount + excluded.amount",
+        vec![milestone.into(), day.into(), delta.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn add_member_daily(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    member: &str,
+    metric: &str,
+    day: &str,
+    delta: i64,
+    count: i64,
+) -> Result<(), ApiError> {
+    exec(
+        conn,
+        "INSERT INTO member_daily (tenant_id, member_id, metric_id, day, amount, activity_count) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (tenant_id, member_id, metric_id, day) DO UPDATE SET \
+         amount = member_daily.amount + excluded.amount, \
+         activity_count = member_daily.activity_count + excluded.activity_count",
+        vec![
+            tenant.into(),
+            member.into(),
+            metric.into(),
+            day.into(),
+            delta.into(),
+            count.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+impl Progress {
+    /// Appends `events` to the feed, commits, then wakes feed and progress
+    /// watchers.
+    pub async fn commit_with_events(
+        &self,
+        txn: WriteTxn,
+        events: Vec<pb::MilestoneEvent>,
+        changed: Vec<ProgressChanged>,
+    ) -> Result<(), ApiError> {
+        let now = now_micros();
+        for e in &events {
+            EVENT_LOG.append(&*txn, &e.tenant_id, e.encode_to_vec(), now).await?;
+        }
+        txn.commit().await?;
+        if !events.is_empty() {
+            self.events.notify();
+        }
+        for c in changed {
+            // No receiver is fine: nobody is watching.
+            let _ = self.changes.send(c);
+        }
+        Ok(())
+    }
+
+    /// Records activities, all or nothing, and returns them in order. Each
+    /// entry's `request_id` makes it idempotent on its own.
+    pub async fn record(
+        &self,
+        caller: &Caller,
+        entries: Vec<NewActivity>,
+        batch: bool,
+    ) -> Result<Vec<pb::Activity>, ApiError> {
+        let tenant = caller.tenant_id.as_str();
+        let txn = self.db.begin_write().await?;
+        let settings = store::tenant_settings(&*txn, tenant).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut events = Vec::new();
+        let mut changed: BTreeMap<String, ProgressChanged> = BTreeMap::new();
+        for (i, entry) in entries.into_iter().enumerate() {
+            let key = Key {
+                tenant_id: tenant,
+                caller: &caller.subject,
+                method: "RecordActivity",
+                request_id: &entry.request_id,
+            };
+            if let Some(stored) = idempotency::lookup(&*txn, &key, &entry.request).await? {
+                let activity = pb::Activity::decode(stored.as_slice())
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored activity does not decode: {e}")))?;
+                out.push(activity);
+                continue;
+            }
+            let prefix = if batch {
+                format!("requests[{i}].")
+            } else {
+                String::new()
+            };
+            let activity = self
+                .record_one(&txn, caller, &entry, &settings, &prefix, &mut events, &mut changed)
+                .await?;
+            idempotency::record(&*txn, &key, &entry.request, &activity.encode_to_vec(), now_micros()).await?;
+            out.push(activity);
+        }
+        self.commit_with_events(txn, events, changed.into_values().collect())
+            .await?;
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record_one(
+        &self,
+        txn: &WriteTxn,
+        caller: &Caller,
+        a: &NewActivity,
+        settings: &milestones_domain::tenant::TenantSettings,
+        prefix: &str,
+        events: &mut Vec<pb::MilestoneEvent>,
+        changed: &mut BTreeMap<String, ProgressChanged>,
+    ) -> Result<pb::Activity, ApiError> {
+        let tenant = caller.tenant_id.as_str();
+        let conn = &**txn;
+        let metric = row(
+            conn,
+            "SELECT aggregation, allow_negative_values FROM projection_metrics WHERE id = $1 AND tenant_id = $2",
+            vec![a.metric_id.clone().into(), tenant.into()],
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found(Collection::Metrics.name(&a.metric_id)))?;
+        let aggregation: String = metric.try_get("", "aggregation")?;
+        let allow_negative: bool = metric.try_get("", "allow_negative_values")?;
+        if a.value < 0 && !allow_negative {
+            return Err(ApiError::invalid(
+                format!("{prefix}value"),
+                format!(
+                    "{} does not allow negative values (got {}); void the original activity instead",
+                    Collection::Metrics.name(&a.metric_id),
+                    a.value
+                ),
+            ));
+        }
+        let members: Vec<(String, u32)> = if a.splits.is_empty() {
+            vec![(a.member_id.clone(), 10_000)]
+        } else {
+            a.splits.clone()
+        };
+        for (m, _) in members.iter().chain(std::iter::once(&(a.member_id.clone(), 0))) {
+            let known = row(
+                conn,
+                "SELECT id FROM projection_members WHERE id = $1 AND tenant_id = $2",
+                vec![m.clone().into(), tenant.into()],
+            )
+            .await?;
+            if known.is_none() {
+                return Err(ApiError::not_found(Collection::Members.name(m)));
+            }
+        }
+        let shares: Vec<u32> = members.iter().map(|(_, s)| *s).collect();
+        let amounts: Vec<i64> = if aggregation == "count" {
+            // A counted activity counts once for each credited member.
+            vec![a.value.signum(); members.len()]
+        } else {
+            rules::split(a.value, &shares).map_err(|e| ApiError::invalid(format!("{prefix}credit_splits"), e))?
+        };
+        let day = format_date(civil_date(a.occurred_at, settings.time_zone));
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = now_micros();
+        let inserted = exec(
+            conn,
+            "INSERT INTO activities (id, tenant_id, member_id, metric_id, value, occurred_at, occurred_date, source, \
+             external_reference, credit_splits, state, void_reason, void_time, create_time, recorded_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', '', NULL, $11, $12)",
+            vec![
+                id.clone().into(),
+                tenant.into(),
+                a.member_id.clone().into(),
+                a.metric_id.clone().into(),
+                a.value.into(),
+                a.occurred_at.into(),
+                day.clone().into(),
+                a.source.clone().into(),
+                a.external_reference.clone().into(),
+                serde_json::to_string(&a.splits).unwrap_or_else(|_| "[]".into()).into(),
+                now.into(),
+                caller.subject.clone().into(),
+            ],
+        )
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(ApiError::Aborted { .. }) if a.external_reference.is_some() => return Err(ApiError::AlreadyExists {
+                reason: "EXTERNAL_REFERENCE_EXISTS",
+                message: format!(
+                    "an activity from {} with external_reference {:?} is already recorded; void it first to replace it",
+                    a.source,
+                    a.external_reference.as_deref().unwrap_or_default()
+                ),
+            }),
+            Err(e) => return Err(e),
+        }
+        let mut touched: HashMap<String, (MilestoneRow, Vec<String>, i64)> = HashMap::new();
+        for ((member, _), amount) in members.iter().zip(&amounts) {
+            exec(
+                conn,
+                "INSERT INTO activity_credits (activity_id, member_id, tenant_id, metric_id, amount, occurred_date, active) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                vec![
+                    id.clone().into(),
+                    member.clone().into(),
+                    tenant.into(),
+                    a.metric_id.clone().into(),
+                    (*amount).into(),
+                    day.clone().into(),
+                    true.into(),
+                ],
+            )
+            .await?;
+            add_member_daily(conn, tenant, member, &a.metric_id, &day, *amount, 1).await?;
+            let (affected, chain) = affected_milestones(conn, tenant, member, &a.metric_id, &day).await?;
+            for m in affected {
+                let entry = touched.entry(m.id.clone()).or_insert_with(|| {
+                    let owner_teams = if m.owner_kind == "team" {
+                        chain.iter().skip_while(|t| **t != m.owner_id).cloned().collect()
+                    } else {
+                        chain.clone()
+                    };
+                    let before = m.value;
+                    (m, owner_teams, before)
+                });
+                entry.0.value = entry.0.value.saturating_add(*amount);
+                exec(
+                    conn,
+                    "INSERT INTO milestone_contributions (milestone_id, activity_id, member_id, amount, occurred_date) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                    vec![
+                        entry.0.id.clone().into(),
+                        id.clone().into(),
+                        member.clone().into(),
+                        (*amount).into(),
+                        day.clone().into(),
+                    ],
+                )
+                .await?;
+                add_milestone_daily(conn, &entry.0.id, &day, *amount).await?;
+            }
+        }
+        for (_, (mut m, owner_teams, before)) in touched {
+            m.activity_count += 1;
+            m.value_time = Some(now);
+            let after = m.value;
+            for crossing in rules::crossings(&mut m, before, after, now) {
+                events.push(event_of(
+                    &m,
+                    &crossing,
+                    &owner_teams,
+                    Some(&id),
+                    &settings.calendar,
+                    now,
+                ));
+            }
+            m.save_progress(conn).await?;
+            changed.insert(
+                m.id.clone(),
+                ProgressChanged {
+                    tenant_id: tenant.to_string(),
+                    milestone_id: m.id.clone(),
+                    owner_kind: m.owner_kind.clone(),
+                    owner_id: m.owner_id.clone(),
+                },
+            );
+        }
+        load_activity(conn, tenant, &id).await
+    }
+
+    /// Voids an activity: its credits stop counting and every milestone it
+    /// added to goes down by exactly what it added. Thresholds already
+    /// crossed stay fired.
+    pub async fn void(
+        &self,
+        caller: &Caller,
+        name: &str,
+        reason: &str,
+        request_id: &str,
+        request: &[u8],
+    ) -> Result<pb::Activity, ApiError> {
+        let id = name
+            .strip_prefix("activities/")
+            .filter(|id| milestones_domain::names::is_valid_id(id))
+            .ok_or_else(|| ApiError::invalid("name", format!("must be activities/{{id}}, got {name:?}")))?;
+        let tenant = caller.tenant_id.as_str();
+        let txn = self.db.begin_write().await?;
+        let key = Key {
+            tenant_id: tenant,
+            caller: &caller.subject,
+            method: "VoidActivity",
+            request_id,
+        };
+        if !request_id.is_empty() {
+            if let Some(stored) = idempotency::lookup(&*txn, &key, request).await? {
+                return pb::Activity::decode(stored.as_slice())
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored activity does not decode: {e}")));
+            }
+        }
+        let conn = &*txn;
+        let current = load_activity(conn, tenant, id).await?;
+        if current.state == pb::ActivityState::Voided as i32 {
+            return Err(ApiError::precondition(
+                "ACTIVITY_ALREADY_VOIDED",
+                name,
+                format!("{name} was already voided"),
+            ));
+        }
+        let now = now_micros();
+        exec(
+            conn,
+            "UPDATE activities SET state = 'voided', void_reason = $1, void_time = $2 WHERE id = $3",
+            vec![reason.into(), now.into(), id.into()],
+        )
+        .await?;
+        let credits = rows(
+            conn,
+            "SELECT member_id, metric_id, amount, occurred_date FROM activity_credits WHERE activity_id = $1",
+            vec![id.into()],
+        )
+        .await?;
+        for c in &credits {
+            let member: String = c.try_get("", "member_id")?;
+            let metric: String = c.try_get("", "metric_id")?;
+            let amount: i64 = c.try_get("", "amount")?;
+            let day: String = c.try_get("", "occurred_date")?;
+            add_member_daily(conn, tenant, &member, &metric, &day, -amount, -1).await?;
+        }
+        exec(
+            conn,
+            "UPDATE activity_credits SET active = $1 WHERE activity_id = $2",
+            vec![false.into(), id.into()],
+        )
+        .await?;
+        let contributions = rows(
+            conn,
+            "SELECT milestone_id, amount, occurred_date FROM milestone_contributions WHERE activity_id = $1",
+            vec![id.into()],
+        )
+        .await?;
+        let mut per_milestone: BTreeMap<String, i64> = BTreeMap::new();
+        for c in &contributions {
+            let m: String = c.try_get("", "milestone_id")?;
+            let amount: i64 = c.try_get("", "amount")?;
+            let day: String = c.try_get("", "occurred_date")?;
+            add_milestone_daily(conn, &m, &day, -amount).await?;
+            *per_milestone.entry(m).or_default() += amount;
+        }
+        exec(
+            conn,
+            "DELETE FROM milestone_contributions WHERE activity_id = $1",
+            vec![id.into()],
+        )
+        .await?;
+        let mut changed = Vec::new();
+        for (mid, amount) in per_milestone {
+            let Some(mut m) = store::milestones_where(conn, "id = $1", vec![mid.into()])
+                .await?
+                .into_iter()
+                .next()
+            else {
+                continue;
+            };
+            m.value = m.value.saturating_sub(amount);
+            m.activity_count -= 1;
+            m.value_time = Some(now);
+            m.save_progress(conn).await?;
+            changed.push(ProgressChanged {
+                tenant_id: tenant.to_string(),
+                milestone_id: m.id.clone(),
+                owner_kind: m.owner_kind.clone(),
+                owner_id: m.owner_id.clone(),
+            });
+        }
+        let out = load_activity(conn, tenant, id).await?;
+        if !request_id.is_empty() {
+            idempotency::record(&*txn, &key, request, &out.encode_to_vec(), now).await?;
+        }
+        self.commit_with_events(txn, Vec::new(), changed).await?;
+        Ok(out)
+    }
+
+    /// Recomputes the milestones named in `r` from the credits, within the
+    /// caller's transaction, and returns the events that crossing causes.
+    pub async fn reconcile(
+        &self,
+        txn: &WriteTxn,
+        tenant: &str,
+        r: Reconcile,
+    ) -> Result<(Vec<pb::MilestoneEvent>, Vec<ProgressChanged>), ApiError> {
+        let conn = &**txn;
+        let mut ids = r.milestones;
+        if r.all_team_milestones {
+            for m in store::milestones_where(
+                conn,
+                "tenant_id = $1 AND owner_kind = 'team' AND state = 'active'",
+                vec![tenant.into()],
+            )
+            .await?
+            {
+                ids.insert(m.id);
+            }
+        }
+        let settings = store::tenant_settings(conn, tenant).await?;
+        let mut events = Vec::new();
+        let mut changed = Vec::new();
+        for id in ids {
+            let Some(mut m) =
+                store::milestones_where(conn, "id = $1 AND tenant_id = $2", vec![id.into(), tenant.into()])
+                    .await?
+                    .into_iter()
+                    .next()
+            else {
+                continue;
+            };
+            if m.state != "active" {
+                continue;
+            }
+            events.extend(self.recompute(conn, &mut m, &settings.calendar).await?);
+            changed.push(ProgressChanged {
+                tenant_id: m.tenant_id.clone(),
+                milestone_id: m.id.clone(),
+                owner_kind: m.owner_kind.clone(),
+                owner_id: m.owner_id.clone(),
+            });
+        }
+        Ok((events, changed))
+    }
+
+    /// Recomputes one milestone's value and contributions from the credits
+    /// in its scope (as of each credit's date).
+    async fn recompute(
+        &self,
+        conn: &impl ConnectionTrait,
+        m: &mut MilestoneRow,
+        calendar: &milestones_domain::calendar::FiscalCalendar,
+    ) -> Result<Vec<pb::MilestoneEvent>, ApiError> {
+        let credits = if m.owner_kind == "member" {
+            rows(
+                conn,
+                "SELECT activity_id, member_id, amount, occurred_date FROM activity_credits \
+                 WHERE tenant_id = $1 AND member_id = $2 AND metric_id = $3 AND active = $4 \
+                 AND occurred_date >= $5 AND occurred_date <= $6",
+                vec![
+                    m.tenant_id.clone().into(),
+                    m.owner_id.clone().into(),
+                    m.metric_id.clone().into(),
+                    true.into(),
+                    m.start_date.clone().into(),
+                    m.end_date.clone().into(),
+                ],
+            )
+            .await?
+        } else {
+            let teams = store::subtree(conn, &m.tenant_id, &m.owner_id).await?;
+            let placeholders: Vec<String> = (0..teams.len()).map(|i| format!("${}", i + 7)).collect();
+            let sql = format!(
+                "SELECT c.activity_id, c.member_id, c.amount, c.occurred_date FROM activity_credits c \
+                 JOIN projection_memberships ms ON ms.tenant_id = c.tenant_id AND ms.member_id = c.member_id \
+                 AND ms.start_date <= c.occurred_date AND (ms.end_date IS NULL OR ms.end_date >= c.occurred_date) \
+                 WHERE c.tenant_id = $1 AND c.metric_id = $2 AND c.active = $3 \
+                 AND c.occurred_date >= $4 AND c.occurred_date <= $5 AND $6 = $6 AND ms.team_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut values: Vec<Value> = vec![
+                m.tenant_id.clone().into(),
+                m.metric_id.clone().into(),
+                true.into(),
+                m.start_date.clone().into(),
+                m.end_date.clone().into(),
+                1i64.into(),
+            ];
+            values.extend(teams.into_iter().map(Value::from));
+            rows(conn, &sql, values).await?
+        };
+        exec(
+            conn,
+            "DELETE FROM milestone_contributions WHERE milestone_id = $1",
+            vec![m.id.clone().into()],
+        )
+        .await?;
+        exec(
+            conn,
+            "DELETE FROM milestone_daily WHERE milestone_id = $1",
+            vec![m.id.clone().into()],
+        )
+        .await?;
+        let before = m.value;
+        let mut total: i128 = 0;
+        let mut activities = BTreeSet::new();
+        let mut daily: BTreeMap<String, i64> = BTreeMap::new();
+        for c in &credits {
+            let activity: String = c.try_get("", "activity_id")?;
+            let member: String = c.try_get("", "member_id")?;
+            let amount: i64 = c.try_get("", "amount")?;
+            let day: String = c.try_get("", "occurred_date")?;
+            exec(
+                conn,
+                "INSERT INTO milestone_contributions (milestone_id, activity_id, member_id, amount, occurred_date) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                vec![
+                    m.id.clone().into(),
+                    activity.clone().into(),
+                    member.into(),
+                    amount.into(),
+                    day.clone().into(),
+                ],
+            )
+            .await?;
+            total += i128::from(amount);
+            activities.insert(activity);
+            *daily.entry(day).or_default() += amount;
+        }
+        for (day, amount) in daily {
+            add_milestone_daily(conn, &m.id, &day, amount).await?;
+        }
+        let now = now_micros();
+        m.value = i64::try_from(total).unwrap_or(i64::MAX);
+        m.activity_count = activities.len() as i64;
+        if m.value != before {
+            m.value_time = Some(now);
+        }
+        let after = m.value;
+        let crossings = rules::crossings(m, before, after, now);
+        let owner_teams = if m.owner_kind == "team" {
+            store::team_chain(conn, &m.tenant_id, &m.owner_id).await?
+        } else {
+            Vec::new()
+        };
+        let events = crossings
+            .iter()
+            .map(|c| event_of(m, c, &owner_teams, None, calendar, now))
+            .collect();
+        m.save_progress(conn).await?;
+        Ok(events)
+    }
+
+    /// The snapshot of one milestone's progress at `now`.
+    pub async fn snapshot(
+        &self,
+        conn: &impl ConnectionTrait,
+        tenant: &str,
+        milestone_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<pb::Progress, ApiError> {
+        let m = store::milestones_where(
+            conn,
+            "id = $1 AND tenant_id = $2",
+            vec![milestone_id.into(), tenant.into()],
+        )
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found(format!("{}/progress", Collection::Milestones.name(milestone_id))))?;
+        let settings = store::tenant_settings(conn, tenant).await?;
+        Ok(progress_of(&m, &settings, now))
+    }
+
+    pub async fn get_progress(&self, caller: &Caller, name: &str) -> Result<pb::Progress, ApiError> {
+        let id = parse_progress_name(name, "name")?;
+        self.snapshot(self.db.conn(), &caller.tenant_id, &id, Utc::now()).await
+    }
+}
+
+/// Parses `milestones/{id}/progress`.
+pub fn parse_progress_name(name: &str, field: &str) -> Result<String, ApiError> {
+    name.strip_suffix("/progress")
+        .and_then(|m| Collection::Milestones.parse(m).ok())
+        .ok_or_else(|| ApiError::invalid(field, format!("must be milestones/{{id}}/progress, got {name:?}")))
+}
+
+/// The wire progress of a milestone row at `now`.
+pub fn progress_of(
+    m: &MilestoneRow,
+    settings: &milestones_domain::tenant::TenantSettings,
+    now: DateTime<Utc>,
+) -> pb::Progress {
+    let today = settings.today(now);
+    let period = m.period();
+    let pace = rules::pace(m, period.as_ref(), today);
+    let owner = if m.owner_kind == "team" {
+        Collection::Teams.name(&m.owner_id)
+    } else {
+        Collection::Members.name(&m.owner_id)
+    };
+    let checkpoints: Vec<pb::CheckpointProgress> = m
+        .checkpoints
+        .iter()
+        .enumerate()
+        .map(|(i, c)| pb::CheckpointProgress {
+            index: i as i32,
+            display_name: c.display_name.clone(),
+            target: c.target,
+            due_date: c.due_date.map(date_to_wire),
+            reached: m.value >= c.target,
+            first_reach_time: m.fired.checkpoints.get(i).copied().flatten().map(micros_to_timestamp),
+        })
+        .collect();
+    pb::Progress {
+        name: format!("{}/progress", Collection::Milestones.name(&m.id)),
+        milestone: Collection::Milestones.name(&m.id),
+        owner,
+        metric: Collection::Metrics.name(&m.metric_id),
+        start_date: period.map(|p| date_to_wire(p.start())),
+        end_date: period.map(|p| date_to_wire(p.end())),
+        fiscal_period: period.and_then(|p| settings.calendar.name_of(&p)).unwrap_or_default(),
+        value: m.value,
+        target: m.target,
+        stretch_target: m.stretch_target,
+        attainment_basis_points: basis_points(m.value, m.target),
+        checkpoints_reached: checkpoints.iter().filter(|c| c.reached).count() as i32,
+        checkpoints,
+        expected_value: pace.expected_value,
+        projected_value: pace.projected_value,
+        status: pace.status as i32,
+        elapsed_days: pace.elapsed_days as i32,
+        total_days: pace.total_days as i32,
+        activity_count: m.activity_count,
+        update_time: m.value_time.map(micros_to_timestamp),
+        as_of: Some(micros_to_timestamp(now.timestamp_micros())),
+    }
+}
+
+/// Used by reads that need a period from the wire.
+pub fn period_from(
+    fiscal_period: Option<&str>,
+    range: Option<&pb::DateRange>,
+    calendar: &milestones_domain::calendar::FiscalCalendar,
+) -> Result<DateRange, ApiError> {
+    use milestones_runtime::wire::date_from_wire;
+    match (fiscal_period, range) {
+        (Some(name), _) => milestones_domain::calendar::FiscalPeriod::parse(name)
+            .map(|p| calendar.range(&p))
+            .map_err(|e| ApiError::invalid("fiscal_period", e)),
+        (None, Some(r)) => {
+            let start =
+                date_from_wire(r.start_date.as_ref()).map_err(|e| ApiError::invalid("date_range.start_date", e))?;
+            let end = date_from_wire(r.end_date.as_ref()).map_err(|e| ApiError::invalid("date_range.end_date", e))?;
+            match (start, end) {
+                (Some(s), Some(e)) => DateRange::new(s, e)
+                    .ok_or_else(|| ApiError::invalid("date_range.end_date", "must not be before start_date")),
+                _ => Err(ApiError::invalid("date_range", "needs start_date and end_date")),
+            }
+        }
+        (None, None) => Err(ApiError::invalid("period", "give fiscal_period or date_range")),
+    }
+}
+
+impl Progress {
+    pub async fn get_activity_by_id(&self, tenant: &str, id: &str) -> Result<pb::Activity, ApiError> {
+        load_activity(self.db.conn(), tenant, id).await
+    }
+
+    pub async fn get_activity(&self, caller: &Caller, name: &str) -> Result<pb::Activity, ApiError> {
+        let id = name
+            .strip_prefix("activities/")
+            .filter(|id| milestones_domain::names::is_valid_id(id))
+            .ok_or_else(|| ApiError::invalid("name", format!("must be activities/{{id}}, got {name:?}")))?;
+        self.get_activity_by_id(&caller.tenant_id, id).await
+    }
+}

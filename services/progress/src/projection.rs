@@ -1,0 +1,336 @@
+//! The local copy of goal's org, metrics and milestones, fed by goal's
+//! change feed.
+//!
+//! The consumer applies each event and moves its cursor in one transaction,
+//! so a replayed event (delivery is at-least-once) changes nothing twice.
+//! It reconnects with backoff when goal is unreachable; everything else in
+//! this service keeps working from the copy in the meantime.
+
+use std::time::Duration;
+
+use milestones_api::goal as goal_pb;
+use milestones_api::goal::change_event::Resource;
+use milestones_api::goal::goal_service_client::GoalServiceClient;
+use milestones_domain::calendar::format_date;
+use milestones_domain::names::Collection;
+use milestones_runtime::auth::{mint_token, AuthConfig, Role, ALL_TENANTS};
+use milestones_runtime::db::WriteTxn;
+use milestones_runtime::wire::date_from_wire;
+use milestones_runtime::ApiError;
+use sea_orm::{ConnectionTrait, Statement, Value};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::ops::{Progress, Reconcile};
+
+/// The cursor row of goal's feed in `feed_cursors`.
+const GOAL_FEED: &str = "goal.changes";
+
+/// Runs the consumer until `stop` flips.
+pub async fn run(progress: Progress, endpoint: String, auth: AuthConfig, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let result = tokio::select! {
+            r = consume(&progress, &endpoint, &auth) => r,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        };
+        match result {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "goal feed interrupted"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One connection's worth of consuming: from the stored cursor until the
+/// stream ends or fails.
+async fn consume(progress: &Progress, endpoint: &str, auth: &AuthConfig) -> anyhow::Result<()> {
+    let token = mint_token(
+        auth,
+        ALL_TENANTS,
+        "progress-service",
+        &[Role::Service],
+        Duration::from_secs(3600),
+    )?;
+    let channel = Channel::from_shared(endpoint.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await?;
+    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let mut client = GoalServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", header.clone());
+        Ok(req)
+    });
+    let cursor = load_cursor(progress.db.conn()).await?;
+    let mut stream = client
+        .watch_changes(goal_pb::WatchChangesRequest { after_sequence: cursor })
+        .await?
+        .into_inner();
+    while let Some(msg) = stream.message().await? {
+        if let Some(goal_pb::watch_changes_response::Kind::Event(event)) = msg.kind {
+            progress.apply_goal_change(event).await?;
+        }
+    }
+    Ok(())
+}
+
+/// How far the consumer got.
+pub async fn load_cursor(conn: &impl ConnectionTrait) -> Result<i64, ApiError> {
+    let row = conn
+        .query_one(Statement::from_sql_and_values(
+            conn.get_database_backend(),
+            "SELECT position FROM feed_cursors WHERE feed = $1",
+            [Value::from(GOAL_FEED)],
+        ))
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get("", "position")?,
+        None => 0,
+    })
+}
+
+async fn store_cursor(conn: &impl ConnectionTrait, position: i64) -> Result<(), ApiError> {
+    conn.execute(Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        "INSERT INTO feed_cursors (feed, position) VALUES ($1, $2) \
+         ON CONFLICT (feed) DO UPDATE SET position = excluded.position",
+        [Value::from(GOAL_FEED), Value::from(position)],
+    ))
+    .await?;
+    Ok(())
+}
+
+async fn exec(conn: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Result<(), ApiError> {
+    conn.execute(Statement::from_sql_and_values(conn.get_database_backend(), sql, values))
+        .await?;
+    Ok(())
+}
+
+fn id_of(collection: Collection, name: &str) -> Result<String, ApiError> {
+    collection
+        .parse(name)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("goal sent a bad name {name:?}: {e}")))
+}
+
+fn date_text(d: Option<&milestones_api::Date>) -> Option<String> {
+    date_from_wire(d).ok().flatten().map(format_date)
+}
+
+impl Progress {
+    /// Applies one goal change and stores the cursor, in one transaction.
+    /// Events at or below the stored cursor are skipped (a replay).
+    pub async fn apply_goal_change(&self, event: goal_pb::ChangeEvent) -> Result<(), ApiError> {
+        let txn = self.db.begin_write().await?;
+        if event.sequence <= load_cursor(&*txn).await? {
+            return Ok(());
+        }
+        let mut reconcile = Reconcile::default();
+        apply(&txn, &event, &mut reconcile).await?;
+        let (events, changed) = self.reconcile(&txn, &event.tenant_id, reconcile).await?;
+        store_cursor(&*txn, event.sequence).await?;
+        self.commit_with_events(txn, events, changed).await
+    }
+}
+
+/// Writes one change into the projection and notes which milestones need
+/// their progress recomputed.
+async fn apply(txn: &WriteTxn, event: &goal_pb::ChangeEvent, reconcile: &mut Reconcile) -> Result<(), ApiError> {
+    let tenant = event.tenant_id.as_str();
+    let deleted = event.change_type == goal_pb::ChangeType::Deleted as i32;
+    let Some(resource) = &event.resource else {
+        return Ok(());
+    };
+    let conn = &**txn;
+    match resource {
+        Resource::TenantSettings(s) => {
+            exec(
+                conn,
+                "INSERT INTO projection_settings (tenant_id, time_zone, fiscal_year_start_month) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET time_zone = excluded.time_zone, \
+                 fiscal_year_start_month = excluded.fiscal_year_start_month",
+                vec![
+                    tenant.into(),
+                    s.time_zone.clone().into(),
+                    s.fiscal_year_start_month.into(),
+                ],
+            )
+            .await?;
+        }
+        Resource::Team(t) => {
+            let id = id_of(Collection::Teams, &t.name)?;
+            if deleted {
+                exec(conn, "DELETE FROM projection_teams WHERE id = $1", vec![id.into()]).await?;
+            } else {
+                let parent = if t.parent.is_empty() {
+                    None
+                } else {
+                    Some(id_of(Collection::Teams, &t.parent)?)
+                };
+                exec(
+                    conn,
+                    "INSERT INTO projection_teams (id, tenant_id, parent_id) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET parent_id = excluded.parent_id",
+                    vec![id.into(), tenant.into(), parent.into()],
+                )
+                .await?;
+                // A move changes which members roll up into which teams.
+                reconcile.all_team_milestones = true;
+            }
+        }
+        Resource::Member(m) => {
+            let id = id_of(Collection::Members, &m.name)?;
+            if deleted {
+                exec(conn, "DELETE FROM projection_members WHERE id = $1", vec![id.into()]).await?;
+            } else {
+                exec(
+                    conn,
+                    "INSERT INTO projection_members (id, tenant_id, display_name) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name",
+                    vec![id.into(), tenant.into(), m.display_name.clone().into()],
+                )
+                .await?;
+            }
+        }
+        Resource::Membership(ms) => {
+            let id = id_of(Collection::Memberships, &ms.name)?;
+            if deleted {
+                exec(
+                    conn,
+                    "DELETE FROM projection_memberships WHERE id = $1",
+                    vec![id.into()],
+                )
+                .await?;
+            } else {
+                let member = id_of(Collection::Members, &ms.member)?;
+                let team = id_of(Collection::Teams, &ms.team)?;
+                let start = date_text(ms.start_date.as_ref()).unwrap_or_default();
+                let end = date_text(ms.end_date.as_ref());
+                exec(
+                    conn,
+                    "INSERT INTO projection_memberships (id, tenant_id, member_id, team_id, start_date, end_date) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (id) DO UPDATE SET start_date = excluded.start_date, end_date = excluded.end_date",
+                    vec![
+                        id.into(),
+                        tenant.into(),
+                        member.into(),
+                        team.into(),
+                        start.into(),
+                        end.into(),
+                    ],
+                )
+                .await?;
+            }
+            reconcile.all_team_milestones = true;
+        }
+        Resource::Metric(m) => {
+            let id = id_of(Collection::Metrics, &m.name)?;
+            if deleted {
+                exec(conn, "DELETE FROM projection_metrics WHERE id = $1", vec![id.into()]).await?;
+            } else {
+                let aggregation = if m.aggregation == goal_pb::MetricAggregation::Count as i32 {
+                    "count"
+                } else {
+                    "sum"
+                };
+                exec(
+                    conn,
+                    "INSERT INTO projection_metrics (id, tenant_id, aggregation, allow_negative_values) \
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (id) DO UPDATE SET allow_negative_values = excluded.allow_negative_values",
+                    vec![
+                        id.into(),
+                        tenant.into(),
+                        aggregation.into(),
+                        m.allow_negative_values.into(),
+                    ],
+                )
+                .await?;
+            }
+        }
+        Resource::Milestone(m) => {
+            let id = id_of(Collection::Milestones, &m.name)?;
+            let state = goal_pb::MilestoneState::try_from(m.state).unwrap_or(goal_pb::MilestoneState::Unspecified);
+            if deleted || state == goal_pb::MilestoneState::Draft {
+                // Drafts are not tracked.
+                exec(
+                    conn,
+                    "DELETE FROM milestone_contributions WHERE milestone_id = $1",
+                    vec![id.clone().into()],
+                )
+                .await?;
+                exec(
+                    conn,
+                    "DELETE FROM milestone_daily WHERE milestone_id = $1",
+                    vec![id.clone().into()],
+                )
+                .await?;
+                exec(conn, "DELETE FROM milestone_progress WHERE id = $1", vec![id.into()]).await?;
+                return Ok(());
+            }
+            let (owner_kind, owner_id) = if let Ok(t) = Collection::Teams.parse(&m.owner) {
+                ("team", t)
+            } else {
+                ("member", id_of(Collection::Members, &m.owner)?)
+            };
+            let metric = id_of(Collection::Metrics, &m.metric)?;
+            let state_text = match state {
+                goal_pb::MilestoneState::Active => "active",
+                goal_pb::MilestoneState::Achieved => "achieved",
+                goal_pb::MilestoneState::Missed => "missed",
+                _ => "cancelled",
+            };
+            let checkpoints: Vec<milestones_domain::terms::Checkpoint> = m
+                .checkpoints
+                .iter()
+                .map(|c| milestones_domain::terms::Checkpoint {
+                    display_name: c.display_name.clone(),
+                    target: c.target,
+                    due_date: date_from_wire(c.due_date.as_ref()).ok().flatten(),
+                })
+                .collect();
+            let checkpoints = serde_json::to_string(&checkpoints).unwrap_or_else(|_| "[]".into());
+            exec(
+                conn,
+                "INSERT INTO milestone_progress (id, tenant_id, owner_kind, owner_id, metric_id, start_date, end_date, \
+                 target, stretch_target, checkpoints, state, value, activity_count, fired, value_time) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, '{}', NULL) \
+                 ON CONFLICT (id) DO UPDATE SET start_date = excluded.start_date, end_date = excluded.end_date, \
+                 target = excluded.target, stretch_target = excluded.stretch_target, \
+                 checkpoints = excluded.checkpoints, state = excluded.state",
+                vec![
+                    id.clone().into(),
+                    tenant.into(),
+                    owner_kind.into(),
+                    owner_id.into(),
+                    metric.into(),
+                    date_text(m.start_date.as_ref()).unwrap_or_default().into(),
+                    date_text(m.end_date.as_ref()).unwrap_or_default().into(),
+                    m.target.into(),
+                    m.stretch_target.into(),
+                    checkpoints.into(),
+                    state_text.into(),
+                ],
+            )
+            .await?;
+            if state == goal_pb::MilestoneState::Active {
+                reconcile.milestones.insert(id);
+            }
+        }
+        Resource::MilestoneRevision(_) | Resource::MilestoneReview(_) => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,667 @@
+//! The progress service over real gRPC: rollups up the team tree as of each
+//! activity's date, shared credit, idempotency, voids, milestone events,
+//! leaderboards, and ingestion while goal is down.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use milestones_api::goal as g;
+use milestones_api::progress as p;
+use milestones_runtime::auth::Role;
+use milestones_suite::{eventually, GoalClient, ProgressClient, TestApp};
+use tonic::Code;
+
+use crate::fixtures::*;
+
+/// 2026-`month`-`day` 12:00 UTC as a timestamp.
+fn at(month: u32, day: u32) -> Option<prost_types::Timestamp> {
+    let d = chrono::NaiveDate::from_ymd_opt(2026, month, day).expect("date");
+    let t = d.and_hms_opt(12, 0, 0).expect("time").and_utc();
+    Some(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    })
+}
+
+fn activity(
+    member: &g::Member,
+    metric: &g::Metric,
+    value: i64,
+    month: u32,
+    day: u32,
+    request_id: &str,
+) -> p::RecordActivityRequest {
+    p::RecordActivityRequest {
+        member: member.name.clone(),
+        metric: metric.name.clone(),
+        value,
+        occurred_at: at(month, day),
+        source: "crm".into(),
+        external_reference: String::new(),
+        credit_splits: vec![],
+        request_id: request_id.into(),
+    }
+}
+
+/// Records once progress knows the member and metric (it learns them from
+/// goal's feed a moment after they are created).
+async fn record(c: &mut ProgressClient, req: p::RecordActivityRequest) -> p::Activity {
+    eventually("the activity to be accepted", || {
+        let mut c = c.clone();
+        let req = req.clone();
+        async move {
+            match c.record_activity(req).await {
+                Ok(a) => Some(a.into_inner()),
+                Err(s) if s.code() == Code::NotFound => None,
+                Err(s) => panic!("record failed: {s:?}"),
+            }
+        }
+    })
+    .await
+}
+
+/// The progress of a milestone once progress tracks it.
+async fn progress_of(c: &mut ProgressClient, m: &g::Milestone) -> p::Progress {
+    let name = format!("{}/progress", m.name);
+    eventually("the milestone to be tracked", || {
+        let mut c = c.clone();
+        let name = name.clone();
+        async move {
+            c.get_progress(p::GetProgressRequest { name })
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        }
+    })
+    .await
+}
+
+/// Waits until the milestone's value is `value`.
+async fn value_becomes(c: &mut ProgressClient, m: &g::Milestone, value: i64) -> p::Progress {
+    let name = format!("{}/progress", m.name);
+    eventually(&format!("{} to reach {value}", m.name), || {
+        let mut c = c.clone();
+        let name = name.clone();
+        async move {
+            let got = c.get_progress(p::GetProgressRequest { name }).await.ok()?.into_inner();
+            (got.value == value).then_some(got)
+        }
+    })
+    .await
+}
+
+async fn active(c: &mut GoalClient, owner: &str, metric: &g::Metric, period: &str, target: i64) -> g::Milestone {
+    create_milestone(c, milestone_in(owner, &metric.name, period, target), true)
+        .await
+        .expect("milestone")
+}
+
+/// Reads the milestone event feed from `after` until it has been idle for a
+/// heartbeat.
+async fn events_after(app: &TestApp, after: i64) -> Vec<p::MilestoneEvent> {
+    let mut c = app.progress("acme", &[Role::Admin]).await;
+    let mut feed = c
+        .watch_milestone_events(p::WatchMilestoneEventsRequest { after_sequence: after })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut out = Vec::new();
+    loop {
+        match feed.message().await.expect("feed").expect("open").kind {
+            Some(p::watch_milestone_events_response::Kind::Event(e)) => out.push(e),
+            Some(p::watch_milestone_events_response::Kind::Heartbeat(_)) => return out,
+            None => {}
+        }
+    }
+}
+
+fn kinds_for(events: &[p::MilestoneEvent], milestone: &g::Milestone) -> Vec<p::MilestoneEventKind> {
+    events
+        .iter()
+        .filter(|e| e.milestone == milestone.name)
+        .map(|e| p::MilestoneEventKind::try_from(e.kind).expect("kind"))
+        .collect()
+}
+
+/// One activity moves the rep's milestone and the milestones of the rep's
+/// team and of its parent team, in one transaction, with the events of the
+/// thresholds it crosses.
+#[tokio::test]
+async fn an_activity_rolls_up_the_team_tree() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let sales = team(&mut goal, "Sales", "").await;
+    let emea = team(&mut goal, "EMEA", &sales.name).await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    membership(&mut goal, &ada, &emea, date(2026, 1, 1), None)
+        .await
+        .expect("membership");
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mut mine = milestone_in(&ada.name, &arr.name, "FY2026", 1_000);
+    mine.stretch_target = Some(1_500);
+    mine.checkpoints = vec![
+        g::Checkpoint {
+            display_name: "quarter".into(),
+            target: 250,
+            due_date: None,
+        },
+        g::Checkpoint {
+            display_name: "half".into(),
+            target: 500,
+            due_date: None,
+        },
+    ];
+    let mine = create_milestone(&mut goal, mine, true).await.expect("ada's");
+    let emea_goal = active(&mut goal, &emea.name, &arr, "FY2026", 5_000).await;
+    let sales_goal = active(&mut goal, &sales.name, &arr, "FY2026", 10_000).await;
+    let other_metric = revenue_metric(&mut goal, "Services").await;
+    let unrelated = active(&mut goal, &ada.name, &other_metric, "FY2026", 10).await;
+    progress_of(&mut prog, &sales_goal).await;
+    progress_of(&mut prog, &unrelated).await;
+
+    let a = record(&mut prog, activity(&ada, &arr, 600, 3, 15, "deal-1")).await;
+    assert_eq!(a.credited_amounts.len(), 1);
+    for (m, expected_attainment) in [(&mine, 6_000), (&emea_goal, 1_200), (&sales_goal, 600)] {
+        let got = value_becomes(&mut prog, m, 600).await;
+        assert_eq!(got.attainment_basis_points, expected_attainment, "{}", m.display_name);
+        assert_eq!(got.activity_count, 1);
+    }
+    assert_eq!(
+        progress_of(&mut prog, &unrelated).await.value,
+        0,
+        "another metric does not count"
+    );
+    let mine_now = progress_of(&mut prog, &mine).await;
+    assert_eq!(mine_now.checkpoints_reached, 2);
+
+    let events = events_after(&app, 0).await;
+    assert_eq!(
+        kinds_for(&events, &mine),
+        vec![
+            p::MilestoneEventKind::CheckpointReached,
+            p::MilestoneEventKind::CheckpointReached
+        ]
+    );
+    assert!(kinds_for(&events, &emea_goal).is_empty());
+    let first = events.iter().find(|e| e.milestone == mine.name).expect("event");
+    assert_eq!(
+        (first.threshold, first.value, first.activity.as_str()),
+        (250, 600, a.name.as_str())
+    );
+    assert_eq!(first.owner_teams, vec![emea.name.clone(), sales.name.clone()]);
+
+    // One more activity crosses target and stretch at once, in order.
+    record(&mut prog, activity(&ada, &arr, 1_000, 4, 1, "deal-2")).await;
+    value_becomes(&mut prog, &mine, 1_600).await;
+    let events = events_after(&app, events.last().map_or(0, |e| e.sequence)).await;
+    assert_eq!(
+        kinds_for(&events, &mine),
+        vec![
+            p::MilestoneEventKind::TargetReached,
+            p::MilestoneEventKind::StretchReached
+        ]
+    );
+    app.stop().await;
+}
+
+/// A rep who moves team mid-period keeps earlier deals with the old team;
+/// the common parent counts both.
+#[tokio::test]
+async fn a_rep_who_moves_team_keeps_earlier_deals_with_the_old_team() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Admin]).await;
+    let sales = team(&mut goal, "Sales", "").await;
+    let emea = team(&mut goal, "EMEA", &sales.name).await;
+    let amer = team(&mut goal, "AMER", &sales.name).await;
+    let cy = member(&mut goal, "Cy", g::MemberRole::Rep).await;
+    membership(&mut goal, &cy, &emea, date(2026, 1, 1), date(2026, 5, 31))
+        .await
+        .expect("emea");
+    membership(&mut goal, &cy, &amer, date(2026, 6, 1), None)
+        .await
+        .expect("amer");
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let emea_goal = active(&mut goal, &emea.name, &arr, "FY2026", 1_000).await;
+    let amer_goal = active(&mut goal, &amer.name, &arr, "FY2026", 1_000).await;
+    let sales_goal = active(&mut goal, &sales.name, &arr, "FY2026", 1_000).await;
+    progress_of(&mut prog, &sales_goal).await;
+
+    record(&mut prog, activity(&cy, &arr, 100, 3, 10, "march")).await;
+    record(&mut prog, activity(&cy, &arr, 40, 7, 10, "july")).await;
+    value_becomes(&mut prog, &emea_goal, 100).await;
+    value_becomes(&mut prog, &amer_goal, 40).await;
+    value_becomes(&mut prog, &sales_goal, 140).await;
+
+    // A membership correction reconciles: Cy actually moved on 1 March.
+    let memberships = goal
+        .list_memberships(g::ListMembershipsRequest {
+            member: cy.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("memberships")
+        .into_inner()
+        .memberships;
+    let (first, second) = if memberships[0].team == emea.name {
+        (&memberships[0], &memberships[1])
+    } else {
+        (&memberships[1], &memberships[0])
+    };
+    let mut earlier_end = first.clone();
+    earlier_end.end_date = date(2026, 2, 28);
+    goal.update_membership(g::UpdateMembershipRequest {
+        membership: Some(earlier_end),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["end_date".into()],
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .expect("end earlier");
+    let mut earlier_start = second.clone();
+    earlier_start.start_date = date(2026, 3, 1);
+    goal.update_membership(g::UpdateMembershipRequest {
+        membership: Some(earlier_start),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["start_date".into()],
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .expect("start earlier");
+    value_becomes(&mut prog, &emea_goal, 0).await;
+    value_becomes(&mut prog, &amer_goal, 140).await;
+    value_becomes(&mut prog, &sales_goal, 140).await;
+    app.stop().await;
+}
+
+/// A deal split 50/30/20 across reps in different teams credits integer
+/// amounts that add up exactly, and each team counts only its rep's share.
+#[tokio::test]
+async fn a_shared_deal_splits_exactly() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let (mut teams, mut reps, mut goals) = (Vec::new(), Vec::new(), Vec::new());
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    for name in ["North", "South", "West"] {
+        let t = team(&mut goal, name, "").await;
+        let r = member(&mut goal, &format!("Rep {name}"), g::MemberRole::Rep).await;
+        membership(&mut goal, &r, &t, date(2026, 1, 1), None)
+            .await
+            .expect("membership");
+        goals.push(active(&mut goal, &t.name, &arr, "FY2026", 10_000).await);
+        teams.push(t);
+        reps.push(r);
+    }
+    progress_of(&mut prog, &goals[2]).await;
+    let mut req = activity(&reps[0], &arr, 1_001, 5, 5, "shared-1");
+    req.credit_splits = [(0, 5_000), (1, 3_000), (2, 2_000)]
+        .iter()
+        .map(|(i, bp)| p::CreditSplit {
+            member: reps[*i].name.clone(),
+            share_basis_points: *bp,
+        })
+        .collect();
+    let a = record(&mut prog, req).await;
+    let credited: BTreeMap<String, i64> = a
+        .credited_amounts
+        .iter()
+        .map(|c| (c.member.clone(), c.amount))
+        .collect();
+    assert_eq!(credited.values().sum::<i64>(), 1_001);
+    assert_eq!(
+        credited[&reps[0].name], 501,
+        "the leftover unit goes to the largest remainder"
+    );
+    assert_eq!(credited[&reps[1].name], 300);
+    assert_eq!(credited[&reps[2].name], 200);
+    for (g, amount) in goals.iter().zip([501, 300, 200]) {
+        value_becomes(&mut prog, g, amount).await;
+    }
+    let bad = prog
+        .record_activity(p::RecordActivityRequest {
+            credit_splits: vec![
+                p::CreditSplit {
+                    member: reps[0].name.clone(),
+                    share_basis_points: 6_000,
+                },
+                p::CreditSplit {
+                    member: reps[1].name.clone(),
+                    share_basis_points: 3_000,
+                },
+            ],
+            ..activity(&reps[0], &arr, 10, 5, 5, "bad-split")
+        })
+        .await;
+    assert_eq!(
+        violated_fields(&expect_code(bad, Code::InvalidArgument)),
+        vec!["credit_splits"]
+    );
+    app.stop().await;
+}
+
+/// A retried activity is applied once; the same request id with another
+/// payload is refused; a void takes progress down and re-recording does not
+/// repeat an event already published.
+#[tokio::test]
+async fn retries_voids_and_no_repeated_events() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mine = active(&mut goal, &ada.name, &arr, "FY2026", 1_000).await;
+    progress_of(&mut prog, &mine).await;
+
+    let first = record(&mut prog, activity(&ada, &arr, 1_000, 2, 2, "r-1")).await;
+    let retry = record(&mut prog, activity(&ada, &arr, 1_000, 2, 2, "r-1")).await;
+    assert_eq!(first, retry);
+    value_becomes(&mut prog, &mine, 1_000).await;
+    let reused = prog.record_activity(activity(&ada, &arr, 999, 2, 2, "r-1")).await;
+    assert_eq!(
+        reason(&expect_code(reused, Code::FailedPrecondition)),
+        "REQUEST_ID_REUSED"
+    );
+
+    let void = p::VoidActivityRequest {
+        name: first.name.clone(),
+        reason: "deal reversed".into(),
+        request_id: "v-1".into(),
+    };
+    let voided = prog.void_activity(void.clone()).await.expect("void").into_inner();
+    assert_eq!(voided.state, p::ActivityState::Voided as i32);
+    assert_eq!(prog.void_activity(void).await.expect("void retry").into_inner(), voided);
+    let again = prog
+        .void_activity(p::VoidActivityRequest {
+            name: first.name.clone(),
+            reason: "again".into(),
+            request_id: "v-2".into(),
+        })
+        .await;
+    assert_eq!(
+        reason(&expect_code(again, Code::FailedPrecondition)),
+        "ACTIVITY_ALREADY_VOIDED"
+    );
+    value_becomes(&mut prog, &mine, 0).await;
+    record(&mut prog, activity(&ada, &arr, 1_200, 2, 3, "r-2")).await;
+    value_becomes(&mut prog, &mine, 1_200).await;
+    let events = events_after(&app, 0).await;
+    assert_eq!(
+        kinds_for(&events, &mine),
+        vec![p::MilestoneEventKind::TargetReached],
+        "published once"
+    );
+    app.stop().await;
+}
+
+/// A milestone whose period has ended below target gets PERIOD_ENDED and
+/// MISSED once; one that made it gets PERIOD_ENDED only.
+#[tokio::test]
+async fn ended_periods_publish_missed_once() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    let bob = member(&mut goal, "Bob", g::MemberRole::Rep).await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let missed = active(&mut goal, &ada.name, &arr, "FY2026-Q1", 1_000).await;
+    let made = active(&mut goal, &bob.name, &arr, "FY2026-Q1", 10).await;
+    progress_of(&mut prog, &missed).await;
+    record(&mut prog, activity(&ada, &arr, 10, 2, 1, "a")).await;
+    record(&mut prog, activity(&bob, &arr, 10, 2, 1, "b")).await;
+    let missed_ref = &missed;
+    let events = eventually("period-end events", || {
+        let app = &app;
+        async move {
+            let events = events_after(app, 0).await;
+            (kinds_for(&events, missed_ref).len() == 2).then_some(events)
+        }
+    })
+    .await;
+    assert_eq!(
+        kinds_for(&events, &missed),
+        vec![p::MilestoneEventKind::PeriodEnded, p::MilestoneEventKind::Missed]
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let events = events_after(&app, 0).await;
+    assert_eq!(kinds_for(&events, &missed).len(), 2, "not repeated by later checks");
+    assert_eq!(
+        kinds_for(&events, &made),
+        vec![p::MilestoneEventKind::TargetReached, p::MilestoneEventKind::PeriodEnded]
+    );
+    let status = progress_of(&mut prog, &missed).await.status;
+    assert_eq!(status, p::ProgressStatus::Missed as i32);
+    app.stop().await;
+}
+
+/// Leaderboards rank by attainment or value; ties share a rank and keep a
+/// stable order; pages do not overlap.
+#[tokio::test]
+async fn leaderboards_rank_with_ties_and_pages() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let t = team(&mut goal, "Sales", "").await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mut reps = Vec::new();
+    for (name, target, value) in [("A", 100, 50), ("B", 200, 100), ("C", 100, 80), ("D", 1_000, 0)] {
+        let r = member(&mut goal, name, g::MemberRole::Rep).await;
+        membership(&mut goal, &r, &t, date(2026, 1, 1), None)
+            .await
+            .expect("membership");
+        let m = active(&mut goal, &r.name, &arr, "FY2026", target).await;
+        progress_of(&mut prog, &m).await;
+        if value > 0 {
+            record(&mut prog, activity(&r, &arr, value, 6, 1, &format!("deal-{name}"))).await;
+            value_becomes(&mut prog, &m, value).await;
+        }
+        reps.push(r);
+    }
+    let mut reader = app.progress("acme", &[Role::Rep]).await;
+    let board = |rank_by: p::RankBy, page_size, page_token: String| p::GetLeaderboardRequest {
+        team: t.name.clone(),
+        metric: arr.name.clone(),
+        period: Some(p::get_leaderboard_request::Period::FiscalPeriod("FY2026".into())),
+        rank_by: rank_by as i32,
+        page_size,
+        page_token,
+    };
+    let by_attainment = reader
+        .get_leaderboard(board(p::RankBy::Attainment, 10, String::new()))
+        .await
+        .expect("board")
+        .into_inner();
+    let ranked: Vec<(i32, String)> = by_attainment
+        .entries
+        .iter()
+        .map(|e| (e.rank, e.display_name.clone()))
+        .collect();
+    assert_eq!(
+        ranked,
+        vec![
+            (1, "C".into()),
+            (2, reps_name(&reps, 0, &by_attainment)),
+            (2, reps_name(&reps, 1, &by_attainment)),
+            (4, "D".into())
+        ]
+    );
+    assert_eq!(by_attainment.total_size, 4);
+    let by_value = reader
+        .get_leaderboard(board(p::RankBy::Value, 10, String::new()))
+        .await
+        .expect("board")
+        .into_inner();
+    assert_eq!(
+        by_value
+            .entries
+            .iter()
+            .map(|e| e.display_name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["B", "C", "A", "D"]
+    );
+
+    let first = reader
+        .get_leaderboard(board(p::RankBy::Attainment, 2, String::new()))
+        .await
+        .expect("page")
+        .into_inner();
+    let second = reader
+        .get_leaderboard(board(p::RankBy::Attainment, 2, first.next_page_token.clone()))
+        .await
+        .expect("page")
+        .into_inner();
+    let paged: Vec<String> = first
+        .entries
+        .iter()
+        .chain(&second.entries)
+        .map(|e| e.member.clone())
+        .collect();
+    assert_eq!(
+        paged,
+        by_attainment
+            .entries
+            .iter()
+            .map(|e| e.member.clone())
+            .collect::<Vec<_>>()
+    );
+    assert!(second.next_page_token.is_empty());
+    app.stop().await;
+}
+
+/// A and B tie at 50 %: their order is by member name, whichever that is.
+fn reps_name(reps: &[g::Member], i: usize, board: &p::GetLeaderboardResponse) -> String {
+    let mut tied: Vec<&g::Member> = reps
+        .iter()
+        .filter(|r| r.display_name == "A" || r.display_name == "B")
+        .collect();
+    tied.sort_by(|a, b| a.name.cmp(&b.name));
+    let _ = board;
+    tied[i].display_name.clone()
+}
+
+/// Bad activities are refused with the faulty fields and write nothing; a
+/// batch is all or nothing.
+#[tokio::test]
+async fn bad_activities_are_refused() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mine = active(&mut goal, &ada.name, &arr, "FY2026", 1_000).await;
+    progress_of(&mut prog, &mine).await;
+    record(&mut prog, activity(&ada, &arr, 1, 1, 1, "warm-up")).await;
+
+    let negative = prog.record_activity(activity(&ada, &arr, -5, 1, 1, "neg")).await;
+    assert_eq!(
+        violated_fields(&expect_code(negative, Code::InvalidArgument)),
+        vec!["value"]
+    );
+    let mut future = activity(&ada, &arr, 5, 1, 1, "future");
+    future.occurred_at = Some(prost_types::Timestamp {
+        seconds: chrono::Utc::now().timestamp() + 3_600,
+        nanos: 0,
+    });
+    let future = prog.record_activity(future).await;
+    assert_eq!(
+        violated_fields(&expect_code(future, Code::InvalidArgument)),
+        vec!["occurred_at"]
+    );
+    let mut nobody = activity(&ada, &arr, 5, 1, 1, "nobody");
+    nobody.member = "members/0000-nobody".into();
+    expect_code(prog.record_activity(nobody).await, Code::NotFound);
+    let mut missing = activity(&ada, &arr, 0, 1, 1, "");
+    missing.source = "Sales Force!".into();
+    let missing = prog.record_activity(missing).await;
+    assert_eq!(
+        violated_fields(&expect_code(missing, Code::InvalidArgument)),
+        vec!["value", "source", "request_id"]
+    );
+    let batch = p::RecordActivitiesRequest {
+        requests: vec![
+            activity(&ada, &arr, 5, 1, 2, "ok-1"),
+            activity(&ada, &arr, 0, 1, 2, "bad-2"),
+        ],
+    };
+    let batch = prog.record_activities(batch).await;
+    assert_eq!(
+        violated_fields(&expect_code(batch, Code::InvalidArgument)),
+        vec!["requests[1].value"]
+    );
+    let mut dup = activity(&ada, &arr, 5, 1, 3, "x-1");
+    dup.external_reference = "OPP-1".into();
+    let mut dup2 = dup.clone();
+    dup2.request_id = "x-2".into();
+    let both = prog
+        .record_activities(p::RecordActivitiesRequest {
+            requests: vec![dup, dup2],
+        })
+        .await;
+    assert_eq!(
+        reason(&expect_code(both, Code::AlreadyExists)),
+        "EXTERNAL_REFERENCE_EXISTS"
+    );
+    let too_many = p::RecordActivitiesRequest {
+        requests: (0..1_001)
+            .map(|i| activity(&ada, &arr, 1, 1, 4, &format!("many-{i}")))
+            .collect(),
+    };
+    assert_eq!(
+        reason(&expect_code(
+            prog.record_activities(too_many).await,
+            Code::ResourceExhausted
+        )),
+        "BATCH_TOO_LARGE"
+    );
+    assert_eq!(
+        progress_of(&mut prog, &mine).await.value,
+        1,
+        "nothing refused was written"
+    );
+    let listed = prog
+        .list_activities(p::ListActivitiesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.activities.len(), 1);
+    let mut rep = app.progress("acme", &[Role::Rep]).await;
+    expect_code(
+        rep.record_activity(activity(&ada, &arr, 5, 1, 1, "rep")).await,
+        Code::PermissionDenied,
+    );
+    app.stop().await;
+}
+
+/// With goal down, progress keeps ingesting and answering from its copy.
+#[tokio::test]
+async fn progress_keeps_working_while_goal_is_down() {
+    let goal_app = TestApp::spawn_with(
+        milestones_suite::fresh_database_url().await,
+        milestones_suite::fresh_database_url().await,
+        &["goal"],
+        None,
+    )
+    .await;
+    let progress_app = TestApp::spawn_with(
+        milestones_suite::fresh_database_url().await,
+        milestones_suite::fresh_database_url().await,
+        &["progress"],
+        Some(goal_app.endpoint()),
+    )
+    .await;
+    let mut goal = goal_app.admin("acme").await;
+    let mut prog = progress_app.progress("acme", &[Role::Service]).await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mine = active(&mut goal, &ada.name, &arr, "FY2026", 1_000).await;
+    progress_of(&mut prog, &mine).await;
+    goal_app.stop().await;
+
+    record(&mut prog, activity(&ada, &arr, 700, 8, 8, "while-down")).await;
+    let got = value_becomes(&mut prog, &mine, 700).await;
+    assert_eq!(got.attainment_basis_points, 7_000);
+    progress_app.stop().await;
+}

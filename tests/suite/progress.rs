@@ -665,3 +665,225 @@ async fn progress_keeps_working_while_goal_is_down() {
     assert_eq!(got.attainment_basis_points, 7_000);
     progress_app.stop().await;
 }
+
+/// Time series accumulate per day and week; performance history sums past
+/// periods; BatchGetProgress answers in order; an unknown name is NOT_FOUND.
+#[tokio::test]
+async fn series_history_and_batch_reads() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let t = team(&mut goal, "Sales", "").await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    membership(&mut goal, &ada, &t, date(2025, 1, 1), None)
+        .await
+        .expect("membership");
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let q1 = active(&mut goal, &ada.name, &arr, "FY2026-Q1", 1_000).await;
+    let team_q1 = active(&mut goal, &t.name, &arr, "FY2026-Q1", 5_000).await;
+    progress_of(&mut prog, &team_q1).await;
+    record(&mut prog, activity(&ada, &arr, 100, 1, 1, "d1")).await;
+    record(&mut prog, activity(&ada, &arr, 50, 1, 3, "d3")).await;
+    record(&mut prog, activity(&ada, &arr, 25, 1, 9, "d9")).await;
+    record(&mut prog, activity(&ada, &arr, 7, 5, 9, "q2")).await;
+    value_becomes(&mut prog, &q1, 175).await;
+
+    let daily = prog
+        .get_time_series(p::GetTimeSeriesRequest {
+            milestone: q1.name.clone(),
+            granularity: p::TimeSeriesGranularity::Day as i32,
+        })
+        .await
+        .expect("series")
+        .into_inner();
+    assert_eq!(daily.points.len(), 90, "every day of a finished quarter");
+    let values: Vec<i64> = daily.points.iter().take(10).map(|p| p.value).collect();
+    assert_eq!(values, vec![100, 100, 150, 150, 150, 150, 150, 150, 175, 175]);
+    assert_eq!(
+        daily.points.last().map(|p| (p.value, p.expected_value)),
+        Some((175, 1_000))
+    );
+    let weekly = prog
+        .get_time_series(p::GetTimeSeriesRequest {
+            milestone: q1.name.clone(),
+            granularity: p::TimeSeriesGranularity::Week as i32,
+        })
+        .await
+        .expect("series")
+        .into_inner();
+    assert_eq!(weekly.points.len(), 13);
+    assert_eq!(weekly.points[0].value, 150);
+    assert_eq!(weekly.points[1].value, 175);
+
+    let history = prog
+        .get_performance_history(p::GetPerformanceHistoryRequest {
+            owner: ada.name.clone(),
+            metric: arr.name.clone(),
+            period_length: p::PeriodLength::Quarter as i32,
+            period_count: 3,
+            before_date: date(2026, 7, 15),
+        })
+        .await
+        .expect("history")
+        .into_inner();
+    let summary: Vec<(String, i64)> = history
+        .periods
+        .iter()
+        .map(|p| (p.fiscal_period.clone(), p.attained_value))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("FY2026-Q2".into(), 7),
+            ("FY2026-Q1".into(), 175),
+            ("FY2025-Q4".into(), 0)
+        ]
+    );
+    assert_eq!(history.periods[1].target, Some(1_000));
+    assert_eq!(history.periods[1].milestone, q1.name);
+    let team_history = prog
+        .get_performance_history(p::GetPerformanceHistoryRequest {
+            owner: t.name.clone(),
+            metric: arr.name.clone(),
+            period_length: p::PeriodLength::Quarter as i32,
+            period_count: 1,
+            before_date: date(2026, 4, 2),
+        })
+        .await
+        .expect("team history")
+        .into_inner();
+    assert_eq!(team_history.periods[0].attained_value, 175);
+
+    let batch = prog
+        .batch_get_progress(p::BatchGetProgressRequest {
+            names: vec![format!("{}/progress", team_q1.name), format!("{}/progress", q1.name)],
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(
+        batch.progress.iter().map(|p| p.value).collect::<Vec<_>>(),
+        vec![175, 175]
+    );
+    let missing = prog
+        .batch_get_progress(p::BatchGetProgressRequest {
+            names: vec!["milestones/0000-missing/progress".into()],
+        })
+        .await;
+    expect_code(missing, Code::NotFound);
+    let malformed = prog
+        .batch_get_progress(p::BatchGetProgressRequest {
+            names: vec!["milestones/x".into()],
+        })
+        .await;
+    assert_eq!(
+        violated_fields(&expect_code(malformed, Code::InvalidArgument)),
+        vec!["names[0]"]
+    );
+    app.stop().await;
+}
+
+/// WatchProgress streams a team's milestones as activities arrive.
+#[tokio::test]
+async fn watch_progress_streams_updates() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let t = team(&mut goal, "Sales", "").await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    membership(&mut goal, &ada, &t, date(2026, 1, 1), None)
+        .await
+        .expect("membership");
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let team_goal = active(&mut goal, &t.name, &arr, "FY2026", 1_000).await;
+    progress_of(&mut prog, &team_goal).await;
+    let mut watcher = app.progress("acme", &[Role::Manager]).await;
+    let mut stream = watcher
+        .watch_progress(p::WatchProgressRequest {
+            selector: Some(p::watch_progress_request::Selector::Team(t.name.clone())),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    record(&mut prog, activity(&ada, &arr, 321, 6, 6, "live")).await;
+    let update = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(p::watch_progress_response::Kind::Progress(p)) =
+                stream.message().await.expect("stream").expect("open").kind
+            {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("an update within 10 s");
+    assert_eq!(
+        (update.milestone.as_str(), update.value),
+        (team_goal.name.as_str(), 321)
+    );
+    app.stop().await;
+}
+
+/// A consumer that drops mid-stream and resumes from its cursor gets every
+/// milestone event exactly once.
+#[tokio::test]
+async fn milestone_events_resume_without_loss_or_duplicates() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mut milestones = Vec::new();
+    let mut reps = Vec::new();
+    for i in 0..10 {
+        let r = member(&mut goal, &format!("Rep {i}"), g::MemberRole::Rep).await;
+        milestones.push(active(&mut goal, &r.name, &arr, "FY2026", 100).await);
+        reps.push(r);
+    }
+    progress_of(&mut prog, &milestones[9]).await;
+    let writer = {
+        let mut prog = prog.clone();
+        let (reps, arr) = (reps.clone(), arr.clone());
+        tokio::spawn(async move {
+            for round in 0..5 {
+                for r in &reps {
+                    // Each rep crosses 100 in the third round: one event each.
+                    record(
+                        &mut prog,
+                        activity(r, &arr, 40, 3, 1 + round, &format!("{}-{round}", r.name)),
+                    )
+                    .await;
+                }
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    let mut consumer = app.progress("acme", &[Role::Admin]).await;
+    while seen.len() < 10 {
+        let mut feed = consumer
+            .watch_milestone_events(p::WatchMilestoneEventsRequest { after_sequence: cursor })
+            .await
+            .expect("watch")
+            .into_inner();
+        // Take at most two events, then drop the stream mid-way.
+        let mut taken = 0;
+        while taken < 2 && seen.len() < 10 {
+            let msg = tokio::time::timeout(Duration::from_secs(10), feed.message())
+                .await
+                .expect("timely");
+            if let Some(p::watch_milestone_events_response::Kind::Event(e)) = msg.expect("feed").expect("open").kind {
+                cursor = e.sequence;
+                seen.push(e.milestone);
+                taken += 1;
+            }
+        }
+    }
+    writer.await.expect("writer");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 10, "every milestone's event once: {seen:?}");
+    assert_eq!(seen.len(), 10);
+    assert_eq!(events_after(&app, cursor).await.len(), 0, "nothing left behind");
+    app.stop().await;
+}

@@ -520,14 +520,16 @@ impl Progress {
         .await;
         match inserted {
             Ok(_) => {}
-            Err(ApiError::Aborted { .. }) if a.external_reference.is_some() => return Err(ApiError::AlreadyExists {
-                reason: "EXTERNAL_REFERENCE_EXISTS",
-                message: format!(
+            Err(ApiError::Aborted { .. }) if a.external_reference.is_some() => {
+                return Err(ApiError::AlreadyExists {
+                    reason: "EXTERNAL_REFERENCE_EXISTS",
+                    message: format!(
                     "an activity from {} with external_reference {:?} is already recorded; void it first to replace it",
                     a.source,
                     a.external_reference.as_deref().unwrap_or_default()
                 ),
-            }),
+                })
+            }
             Err(e) => return Err(e),
         }
         let mut touched: HashMap<String, (MilestoneRow, Vec<String>, i64)> = HashMap::new();

@@ -152,3 +152,137 @@ pub fn pace(m: &MilestoneRow, period: Option<&DateRange>, today: NaiveDate) -> P
         status,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Fired;
+
+    fn d(m: u32, day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2027, m, day).expect("valid date")
+    }
+
+    fn row(target: i64, value: i64, state: &str) -> MilestoneRow {
+        MilestoneRow {
+            id: "m".into(),
+            tenant_id: "t".into(),
+            owner_kind: "member".into(),
+            owner_id: "a".into(),
+            metric_id: "x".into(),
+            start_date: "2027-01-01".into(),
+            end_date: "2027-01-10".into(),
+            target,
+            stretch_target: Some(target.saturating_mul(2)),
+            checkpoints: vec![
+                milestones_domain::terms::Checkpoint {
+                    display_name: "a".into(),
+                    target: target / 4,
+                    due_date: None,
+                },
+                milestones_domain::terms::Checkpoint {
+                    display_name: "b".into(),
+                    target: target / 2,
+                    due_date: None,
+                },
+            ],
+            state: state.into(),
+            value,
+            activity_count: 0,
+            fired: Fired::default(),
+            value_time: None,
+        }
+    }
+
+    fn period() -> DateRange {
+        DateRange::new(d(1, 1), d(1, 10)).expect("ordered")
+    }
+
+    /// Splits add up exactly and give leftovers to the largest remainders,
+    /// the first listed on a tie, for positive and negative values.
+    #[test]
+    fn splits_are_exact() {
+        assert_eq!(split(1_001, &[5_000, 3_000, 2_000]), Ok(vec![501, 300, 200]));
+        assert_eq!(split(1, &[5_000, 5_000]), Ok(vec![1, 0]));
+        assert_eq!(split(-1_001, &[5_000, 3_000, 2_000]), Ok(vec![-501, -300, -200]));
+        assert!(split(10, &[5_000, 4_000]).is_err());
+        assert!(split(10, &[10_000, 0]).is_err());
+        // Many values and share lists: the sum is always exact and each part
+        // within one unit of its exact share.
+        let mut seed: u64 = 42;
+        for _ in 0..2_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let value = (seed >> 20) as i64 % 1_000_000_007 - 500_000_000;
+            let n = 1 + (seed % 7) as usize;
+            let mut shares = vec![10_000 / n as u32; n];
+            shares[0] += 10_000 - shares.iter().sum::<u32>();
+            let parts = split(value, &shares).expect("valid shares");
+            assert_eq!(parts.iter().sum::<i64>(), value);
+            for (p, s) in parts.iter().zip(&shares) {
+                let exact = i128::from(value) * i128::from(*s) / 10_000;
+                assert!((i128::from(*p) - exact).abs() <= 1);
+            }
+        }
+        assert_eq!(split(i64::MAX, &[10_000]), Ok(vec![i64::MAX]));
+    }
+
+    /// Pace at fixed days of a 10-day period with a target of 1000.
+    #[test]
+    fn pace_follows_the_documented_formulas() {
+        let cases = [
+            // today, value, elapsed, expected, projected, status
+            (d(1, 1), 100, 1, 100, 1_000, pb::ProgressStatus::OnTrack),
+            (d(1, 5), 400, 5, 500, 800, pb::ProgressStatus::AtRisk),
+            (d(1, 5), 399, 5, 500, 798, pb::ProgressStatus::OffTrack),
+            (d(1, 5), 500, 5, 500, 1_000, pb::ProgressStatus::OnTrack),
+            (d(1, 10), 999, 10, 1_000, 999, pb::ProgressStatus::AtRisk),
+            (d(1, 10), 799, 10, 1_000, 799, pb::ProgressStatus::OffTrack),
+            (d(1, 11), 999, 10, 1_000, 999, pb::ProgressStatus::Missed),
+            (d(1, 3), 1_000, 3, 300, 3_333, pb::ProgressStatus::Achieved),
+        ];
+        for (today, value, elapsed, expected, projected, status) in cases {
+            let p = pace(&row(1_000, value, "active"), Some(&period()), today);
+            assert_eq!(
+                (p.elapsed_days, p.expected_value, p.projected_value, p.status),
+                (elapsed, expected, projected, status),
+                "on {today} with {value}"
+            );
+            assert_eq!(p.total_days, 10);
+        }
+        let before = pace(
+            &row(1_000, 0, "active"),
+            Some(&period()),
+            NaiveDate::from_ymd_opt(2026, 12, 31).expect("valid"),
+        );
+        assert_eq!(
+            (before.elapsed_days, before.expected_value, before.status),
+            (0, 0, pb::ProgressStatus::NotStarted)
+        );
+        let cancelled = pace(&row(1_000, 2_000, "cancelled"), Some(&period()), d(1, 5));
+        assert_eq!(cancelled.status, pb::ProgressStatus::Cancelled);
+        let huge = pace(&row(i64::MAX, i64::MAX - 1, "active"), Some(&period()), d(1, 2));
+        assert_eq!(huge.projected_value, i64::MAX, "saturates instead of overflowing");
+    }
+
+    /// Crossings fire once each, in threshold order, and never on the way
+    /// down or again after a dip.
+    #[test]
+    fn thresholds_fire_once() {
+        let mut m = row(1_000, 0, "active");
+        let kinds = |c: &[Crossing]| c.iter().map(|c| (c.kind, c.threshold)).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(&crossings(&mut m, 0, 2_000, 1)),
+            vec![
+                (pb::MilestoneEventKind::CheckpointReached, 250),
+                (pb::MilestoneEventKind::CheckpointReached, 500),
+                (pb::MilestoneEventKind::TargetReached, 1_000),
+                (pb::MilestoneEventKind::StretchReached, 2_000),
+            ]
+        );
+        assert!(crossings(&mut m, 2_000, 0, 2).is_empty());
+        assert!(
+            crossings(&mut m, 0, 2_000, 3).is_empty(),
+            "a void and a new activity repeat nothing"
+        );
+        assert_eq!(m.fired.target, Some(1));
+    }
+}

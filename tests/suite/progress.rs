@@ -887,3 +887,89 @@ async fn milestone_events_resume_without_loss_or_duplicates() {
     assert_eq!(events_after(&app, cursor).await.len(), 0, "nothing left behind");
     app.stop().await;
 }
+
+/// Goal judges a target against the owner's attained history from
+/// progress, on create and on demand; without progress the milestone is
+/// still created and the assessment says the history is unavailable.
+#[tokio::test]
+async fn targets_are_assessed_against_history() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let probe = active(&mut goal, &ada.name, &arr, "FY2026-Q1", 1).await;
+    progress_of(&mut prog, &probe).await;
+    for (month, value) in [(2, 800), (5, 1_200), (8, 1_000)] {
+        record(&mut prog, activity(&ada, &arr, value, month, 10, &format!("h-{month}"))).await;
+    }
+    let realism_of =
+        |m: &g::Milestone| g::Realism::try_from(m.assessment.as_ref().expect("assessed").realism).expect("enum");
+    let q4 = |target| milestone_in(&ada.name, &arr.name, "FY2026-Q4", target);
+    let fair = create_milestone(&mut goal, q4(1_000), false).await.expect("fair");
+    assert_eq!(realism_of(&fair), g::Realism::Achievable);
+    let a = fair.assessment.clone().expect("assessed");
+    assert_eq!(
+        (a.periods_considered, a.mean_attained, a.best_attained),
+        (3, 1_000, 1_200)
+    );
+    assert_eq!(
+        a.history.iter().map(|p| p.fiscal_period.as_str()).collect::<Vec<_>>(),
+        vec!["FY2026-Q3", "FY2026-Q2", "FY2026-Q1", "FY2025-Q4"]
+    );
+    assert_eq!(
+        realism_of(&create_milestone(&mut goal, q4(500), false).await.expect("low")),
+        g::Realism::Sandbagged
+    );
+    assert_eq!(
+        realism_of(&create_milestone(&mut goal, q4(1_400), false).await.expect("high")),
+        g::Realism::Ambitious
+    );
+    let wild = create_milestone(&mut goal, q4(10_000), false).await.expect("wild");
+    assert_eq!(realism_of(&wild), g::Realism::Unrealistic);
+    assert!(wild.assessment.expect("assessed").explanation.contains("1000.00 %"));
+
+    // Lowering the target re-assesses; AssessMilestone gives a fresh one.
+    let lowered = goal
+        .update_milestone(g::UpdateMilestoneRequest {
+            milestone: Some(g::Milestone {
+                name: fair.name.clone(),
+                target: 950,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["target".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(lowered.assessment.as_ref().map(|a| a.target), Some(950));
+    let fresh = goal
+        .assess_milestone(g::AssessMilestoneRequest {
+            name: fair.name.clone(),
+        })
+        .await
+        .expect("assess")
+        .into_inner();
+    assert_eq!(g::Realism::try_from(fresh.realism), Ok(g::Realism::Achievable));
+    app.stop().await;
+
+    // Goal alone: progress is unreachable, the milestone is created anyway.
+    let alone = TestApp::spawn_with(
+        milestones_suite::fresh_database_url().await,
+        milestones_suite::fresh_database_url().await,
+        &["goal"],
+        None,
+    )
+    .await;
+    let mut goal = alone.admin("acme").await;
+    let bob = member(&mut goal, "Bob", g::MemberRole::Rep).await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let m = create_milestone(&mut goal, milestone_in(&bob.name, &arr.name, "FY2026-Q4", 10), true)
+        .await
+        .expect("created");
+    assert_eq!(realism_of(&m), g::Realism::Unavailable);
+    alone.stop().await;
+}

@@ -276,6 +276,10 @@ pub fn milestone(r: &milestone::Model, calendar: &FiscalCalendar) -> pb::Milesto
         close_time: r.close_time.map(micros_to_timestamp),
         etag: etag(r.version),
         cancel_reason: r.cancel_reason.clone().unwrap_or_default(),
+        assessment: r
+            .assessment
+            .as_deref()
+            .and_then(|b| <pb::MilestoneAssessment as prost::Message>::decode(b).ok()),
     }
 }
 

@@ -377,6 +377,11 @@ impl GoalService for GoalApi {
         reply(self.goal.list_due_reviews(&caller, req.into_inner()).await)
     }
 
+    async fn assess_milestone(&self, req: Request<pb::AssessMilestoneRequest>) -> Reply<pb::MilestoneAssessment> {
+        let caller = caller(&req, READERS, "AssessMilestone")?;
+        reply(self.goal.assess_milestone(&caller, &req.get_ref().name).await)
+    }
+
     async fn get_alignment(&self, req: Request<pb::GetAlignmentRequest>) -> Reply<pb::Alignment> {
         let caller = caller(&req, READERS, "GetAlignment")?;
         reply(self.goal.get_alignment(&caller, &req.get_ref().name).await)

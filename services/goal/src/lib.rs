@@ -10,6 +10,7 @@
 //! [`GoalService::build`] connects and migrates; [`GoalService::add_to`]
 //! mounts the service on a server's routes.
 
+pub mod assess;
 pub mod convert;
 pub mod entity;
 pub mod grpc;
@@ -38,8 +39,13 @@ pub struct GoalService {
 impl GoalService {
     /// Connects to the configured database, applies pending migrations, and
     /// prepares the handler. `stop_feeds` ends open feeds on shutdown.
-    pub async fn build(settings: &Settings, stop_feeds: watch::Receiver<bool>) -> anyhow::Result<Self> {
-        let url = settings.goal.url_for("goal", &settings.data_dir);
+    /// Realism assessments ask the progress service at `progress_endpoint`.
+    pub async fn build(
+        settings: &Settings,
+        progress_endpoint: String,
+        stop_feeds: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        let url = settings.goal.database().url_for("goal", &settings.data_dir);
         let db = Db::connect(&url, settings.goal.max_connections).await?;
         migrate(&db).await?;
         Ok(Self {
@@ -47,6 +53,11 @@ impl GoalService {
                 goal: ops::Goal {
                     db,
                     notifier: FeedNotifier::default(),
+                    assessor: assess::Assessor::new(
+                        &progress_endpoint,
+                        settings.auth.to_config(),
+                        std::time::Duration::from_millis(settings.goal.assessment_timeout_ms),
+                    ),
                 },
                 timing: FeedTiming::from_settings(&settings.grpc),
                 stop_feeds,

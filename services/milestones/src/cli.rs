@@ -228,7 +228,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             for s in &services {
                 match s.as_str() {
                     "goal" => {
-                        let url = settings.goal.url_for("goal", &settings.data_dir);
+                        let url = settings.goal.database().url_for("goal", &settings.data_dir);
                         let db = milestones_runtime::db::Db::connect(&url, 1).await?;
                         milestones_goal::migrate(&db).await?;
                         eprintln!("goal: migrations applied");

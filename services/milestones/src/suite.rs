@@ -44,7 +44,12 @@ pub async fn run(
     let local = listener.local_addr()?;
     let mut databases: Vec<(&'static str, Db)> = Vec::new();
     if services.iter().any(|s| s == "goal") {
-        let goal = GoalService::build(&settings, stop_rx.clone()).await?;
+        let progress_endpoint = if settings.goal.progress_endpoint.is_empty() {
+            format!("http://{local}")
+        } else {
+            settings.goal.progress_endpoint.clone()
+        };
+        let goal = GoalService::build(&settings, progress_endpoint, stop_rx.clone()).await?;
         databases.push((milestones_goal::SERVICE_NAME, goal.db().clone()));
         routes = goal.add_to(routes, auth.clone(), settings.grpc.max_message_bytes);
     }

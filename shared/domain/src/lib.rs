@@ -6,6 +6,7 @@
 //! - [`calendar`]: civil date ranges, the fiscal calendar and its period names.
 //! - [`attainment`]: exact integer arithmetic on metric values.
 //! - [`terms`]: the measurable, time-bound terms of a milestone and their rules.
+//! - [`realism`]: how realistic a target is against past attainment.
 //! - [`tenant`]: tenant settings (time zone, fiscal year, review cadence).
 //!
 //! Nothing here does I/O or knows about gRPC: handlers parse wire messages
@@ -14,6 +15,7 @@
 pub mod attainment;
 pub mod calendar;
 pub mod names;
+pub mod realism;
 pub mod tenant;
 pub mod terms;
 pub mod violation;

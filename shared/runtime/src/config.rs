@@ -27,8 +27,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Server limits and timings.
     pub grpc: GrpcSettings,
-    /// The goal service's store.
-    pub goal: DatabaseSettings,
+    /// The goal service's store and peers.
+    pub goal: GoalSettings,
     /// The progress service's store and peers.
     pub progress: ProgressSettings,
 }
@@ -41,7 +41,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             auth: AuthSettings::default(),
             grpc: GrpcSettings::default(),
-            goal: DatabaseSettings::default(),
+            goal: GoalSettings::default(),
             progress: ProgressSettings::default(),
         }
     }
@@ -203,6 +203,42 @@ impl DatabaseSettings {
     }
 }
 
+/// The goal service's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GoalSettings {
+    /// `postgres://...` or `sqlite://...`; empty means an SQLite file in
+    /// `data_dir`.
+    pub database_url: String,
+    /// Connection pool size.
+    pub max_connections: u32,
+    /// Where the progress service is, for realism assessments (e.g.
+    /// `http://progress:50051`); empty means this process's own listener.
+    pub progress_endpoint: String,
+    /// How long an assessment waits for the progress service, in ms.
+    pub assessment_timeout_ms: u64,
+}
+
+impl Default for GoalSettings {
+    fn default() -> Self {
+        Self {
+            database_url: String::new(),
+            max_connections: 8,
+            progress_endpoint: String::new(),
+            assessment_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl GoalSettings {
+    pub fn database(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            database_url: self.database_url.clone(),
+            max_connections: self.max_connections,
+        }
+    }
+}
+
 /// The progress service's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -303,7 +339,7 @@ impl Settings {
         if self.grpc.feed_heartbeat_ms == 0 || self.grpc.feed_poll_ms == 0 {
             p.push("grpc.feed_heartbeat_ms and grpc.feed_poll_ms: must be greater than zero".to_string());
         }
-        p.extend(self.goal.problems("goal"));
+        p.extend(self.goal.database().problems("goal"));
         p.extend(self.progress.database().problems("progress"));
         if self.progress.period_end_check_secs == 0 {
             p.push("progress.period_end_check_secs: must be greater than zero".to_string());

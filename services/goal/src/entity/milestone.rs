@@ -31,6 +31,9 @@ pub struct Model {
     pub activate_time: Option<i64>,
     pub close_time: Option<i64>,
     pub cancel_reason: Option<String>,
+    /// The encoded `MilestoneAssessment` of the last create or change of
+    /// terms.
+    pub assessment: Option<Vec<u8>>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

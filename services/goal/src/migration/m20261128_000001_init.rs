@@ -97,7 +97,8 @@ CREATE TABLE milestones (
     update_time BIGINT NOT NULL,
     activate_time BIGINT NULL,
     close_time BIGINT NULL,
-    cancel_reason TEXT NULL
+    cancel_reason TEXT NULL,
+    assessment {BLOB} NULL
 );
 CREATE INDEX milestones_tenant_owner ON milestones (tenant_id, owner_kind, owner_id);
 CREATE INDEX milestones_tenant_parent ON milestones (tenant_id, parent_id);

@@ -13,6 +13,7 @@ use milestones_runtime::auth::Caller;
 use milestones_runtime::paging::Page;
 use milestones_runtime::wire::{date_from_wire, now_micros};
 use milestones_runtime::ApiError;
+use prost::Message;
 use sea_orm::sea_query::Condition;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait, QueryFilter, QueryOrder,
@@ -149,6 +150,56 @@ fn parse_wire_terms(prefix: &str, t: &pb::MilestoneTerms, v: &mut Violations) ->
     };
     validate_terms(prefix, &terms, v);
     Some(terms)
+}
+
+/// The terms after an update: the masked fields of `m` over `before`.
+/// `dates` are the request's parsed start and end dates.
+fn merge_terms(
+    before: &Terms,
+    m: &pb::Milestone,
+    paths: &[&str],
+    dates: (Option<chrono::NaiveDate>, Option<chrono::NaiveDate>),
+    checkpoints: Vec<Checkpoint>,
+    v: &mut Violations,
+) -> Terms {
+    let mut after = before.clone();
+    if paths.contains(&"target") {
+        after.target = m.target;
+    }
+    if paths.contains(&"stretch_target") {
+        after.stretch_target = m.stretch_target;
+    }
+    if paths.contains(&"checkpoints") {
+        after.checkpoints = checkpoints;
+    }
+    let start = if paths.contains(&"start_date") {
+        dates.0
+    } else {
+        Some(before.period.start())
+    };
+    let end = if paths.contains(&"end_date") {
+        dates.1
+    } else {
+        Some(before.period.end())
+    };
+    match (start, end) {
+        (Some(s), Some(e)) => match DateRange::new(s, e) {
+            Some(r) => after.period = r,
+            None => v.add(
+                "milestone.end_date",
+                format!("must not be before start_date {s} (got {e})"),
+            ),
+        },
+        (s, e) => {
+            if s.is_none() {
+                v.add("milestone.start_date", "is required");
+            }
+            if e.is_none() {
+                v.add("milestone.end_date", "is required");
+            }
+        }
+    }
+    after
 }
 
 fn apply_terms(row: &mut milestone::Model, terms: &Terms) {
@@ -323,6 +374,18 @@ impl Goal {
             return Err(v.into());
         };
         v.into_result(())?;
+        // Outside the transaction: a slow progress service must not hold
+        // locks.
+        let assessment = self
+            .assessor
+            .assess(
+                ctx.tenant(),
+                &owner.name(),
+                &Collection::Metrics.name(&metric_id),
+                &terms.period,
+                terms.target,
+            )
+            .await;
 
         let (txn, replay) = self.begin::<pb::Milestone>(ctx).await?;
         if let Some(r) = replay {
@@ -374,6 +437,7 @@ impl Goal {
             activate_time: activate.then_some(now),
             close_time: None,
             cancel_reason: None,
+            assessment: Some(assessment.encode_to_vec()),
         };
         apply_terms(&mut row, &terms);
         milestone::Entity::insert(row.clone().into_active_model())
@@ -544,6 +608,30 @@ impl Goal {
             .ok()
             .flatten();
         v.into_result(())?;
+        // Assess the terms this update would produce, outside the
+        // transaction; the result is kept only if the terms inside it come
+        // out the same.
+        let prospective = match self.load_milestone(self.db.conn(), ctx.tenant(), &id).await {
+            Ok(current) => convert::terms_of(&current).and_then(|before| {
+                let mut scratch = Violations::new();
+                let after = merge_terms(&before, &m, &paths, (start, end), new_checkpoints.clone(), &mut scratch);
+                (scratch.is_empty() && after != before).then(|| {
+                    let owner = convert::milestone(&current, &FiscalCalendar::default()).owner;
+                    (after, owner, Collection::Metrics.name(&current.metric_id))
+                })
+            }),
+            Err(_) => None,
+        };
+        let assessed = match prospective {
+            Some((terms, owner, metric)) => {
+                let a = self
+                    .assessor
+                    .assess(ctx.tenant(), &owner, &metric, &terms.period, terms.target)
+                    .await;
+                Some((terms, a))
+            }
+            None => None,
+        };
 
         let (txn, replay) = self.begin::<pb::Milestone>(ctx).await?;
         if let Some(r) = replay {
@@ -576,44 +664,7 @@ impl Goal {
                 "is immutable: cancel this milestone and create one on the new metric",
             );
         }
-        // Merge the masked term fields into the current terms.
-        let mut after = before.clone();
-        if paths.contains(&"target") {
-            after.target = m.target;
-        }
-        if paths.contains(&"stretch_target") {
-            after.stretch_target = m.stretch_target;
-        }
-        if paths.contains(&"checkpoints") {
-            after.checkpoints = new_checkpoints;
-        }
-        let new_start = if paths.contains(&"start_date") {
-            start
-        } else {
-            Some(before.period.start())
-        };
-        let new_end = if paths.contains(&"end_date") {
-            end
-        } else {
-            Some(before.period.end())
-        };
-        match (new_start, new_end) {
-            (Some(s), Some(e)) => match DateRange::new(s, e) {
-                Some(r) => after.period = r,
-                None => v.add(
-                    "milestone.end_date",
-                    format!("must not be before start_date {s} (got {e})"),
-                ),
-            },
-            (s, e) => {
-                if s.is_none() {
-                    v.add("milestone.start_date", "is required");
-                }
-                if e.is_none() {
-                    v.add("milestone.end_date", "is required");
-                }
-            }
-        }
+        let after = merge_terms(&before, &m, &paths, (start, end), new_checkpoints.clone(), &mut v);
         validate_terms("milestone", &after, &mut v);
         if after.period != before.period {
             v.extend(
@@ -666,6 +717,11 @@ impl Goal {
                 &mut changes,
             )
             .await?;
+        }
+        if let Some((terms, assessment)) = &assessed {
+            if *terms == after {
+                row.assessment = Some(assessment.encode_to_vec());
+            }
         }
         apply_terms(&mut row, &after);
         row.version += 1;
@@ -1009,6 +1065,25 @@ impl Goal {
             milestones: rows.iter().map(|r| convert::milestone(r, &settings.calendar)).collect(),
             next_page_token,
         })
+    }
+
+    /// A fresh realism assessment of a milestone's current terms.
+    pub async fn assess_milestone(&self, caller: &Caller, name: &str) -> Result<pb::MilestoneAssessment, ApiError> {
+        let id = parse_name(Collection::Milestones, "name", name)?;
+        let row = self.load_milestone(self.db.conn(), &caller.tenant_id, &id).await?;
+        let terms = convert::terms_of(&row)
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored terms of {name} do not parse")))?;
+        let owner = convert::milestone(&row, &FiscalCalendar::default()).owner;
+        Ok(self
+            .assessor
+            .assess(
+                &caller.tenant_id,
+                &owner,
+                &Collection::Metrics.name(&row.metric_id),
+                &terms.period,
+                terms.target,
+            )
+            .await)
     }
 
     pub async fn get_alignment(&self, caller: &Caller, name: &str) -> Result<pb::Alignment, ApiError> {

@@ -31,6 +31,7 @@ pub const CHANGE_LOG: FeedTable = FeedTable {
 pub struct Goal {
     pub db: Db,
     pub notifier: FeedNotifier,
+    pub assessor: crate::assess::Assessor,
 }
 
 /// Who is writing, and the idempotency key of the write.

@@ -973,3 +973,64 @@ async fn targets_are_assessed_against_history() {
     assert_eq!(realism_of(&m), g::Realism::Unavailable);
     alone.stop().await;
 }
+
+/// Concurrent writers on one team's milestone lose no update, and every
+/// write sent three times (a retry storm) counts once.
+#[tokio::test]
+async fn concurrent_and_retried_writes_count_exactly_once() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let t = team(&mut goal, "Sales", "").await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mut reps = Vec::new();
+    for i in 0..4 {
+        let r = member(&mut goal, &format!("Rep {i}"), g::MemberRole::Rep).await;
+        membership(&mut goal, &r, &t, date(2026, 1, 1), None)
+            .await
+            .expect("membership");
+        reps.push(r);
+    }
+    let team_goal = active(&mut goal, &t.name, &arr, "FY2026", 1_000_000).await;
+    progress_of(&mut prog, &team_goal).await;
+    record(&mut prog, activity(&reps[3], &arr, 1, 1, 1, "warm-up")).await;
+    let mut tasks = Vec::new();
+    for (w, rep) in reps.iter().enumerate() {
+        for copy in 0..3 {
+            let mut c = prog.clone();
+            let (rep, arr) = (rep.clone(), arr.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    let req = activity(&rep, &arr, 10, 2, 1 + i, &format!("w{w}-{i}"));
+                    // Concurrent twins may see REQUEST_IN_FLIGHT; a retry
+                    // then returns the stored result.
+                    loop {
+                        match c.record_activity(req.clone()).await {
+                            Ok(_) => break,
+                            Err(s) if s.code() == Code::Aborted => continue,
+                            Err(s) => panic!("copy {copy}: {s:?}"),
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let got = value_becomes(&mut prog, &team_goal, 1 + 4 * 10 * 10).await;
+    assert_eq!(got.activity_count, 1 + 40);
+    let batch = prog
+        .record_activities(p::RecordActivitiesRequest {
+            requests: vec![
+                activity(&reps[0], &arr, 1, 3, 1, "same"),
+                activity(&reps[0], &arr, 1, 3, 1, "same"),
+            ],
+        })
+        .await;
+    assert_eq!(
+        violated_fields(&expect_code(batch, Code::InvalidArgument)),
+        vec!["requests[1].request_id"]
+    );
+    app.stop().await;
+}

@@ -67,6 +67,9 @@ enum Command {
         #[arg(long, default_value_t = 24)]
         ttl_hours: u64,
     },
+    /// Measures the suite: creates its own tenant and org, then prints
+    /// ingestion throughput, read and event latencies (see the README).
+    Bench(crate::bench::BenchArgs),
     /// Manages teams.
     Teams {
         #[command(flatten)]
@@ -247,6 +250,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => crate::bench::run(args, &settings).await,
         Command::Token {
             tenant,
             subject,

@@ -6,5 +6,6 @@
 //! - [`cli`]: the command-line interface (server, migrate, token, client
 //!   commands).
 
+pub mod bench;
 pub mod cli;
 pub mod suite;

@@ -11,6 +11,7 @@
 //! - [`store`] and [`schema`]: queries and the schema.
 
 pub mod grpc;
+pub mod ingest;
 pub mod ops;
 pub mod period_end;
 pub mod projection;

@@ -1,0 +1,538 @@
+//! `milestones bench`: load against a running suite, printing throughput and
+//! latency percentiles. Anyone can rerun it; see the README's performance
+//! section for the figures and the commands that produced them.
+//!
+//! It builds its own tenant (an org of `--members` reps in `--teams` teams
+//! four levels deep, each rep and team with a milestone this quarter), then
+//! measures: unary RecordActivity at each concurrency, milestone event
+//! latency, reads (GetProgress, GetLeaderboard over a team of about 200) at
+//! 10k activities, bulk RecordActivities up to `--activities`, and the reads
+//! again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use milestones_api::goal as g;
+use milestones_api::goal::goal_service_client::GoalServiceClient;
+use milestones_api::progress as p;
+use milestones_api::progress::progress_service_client::ProgressServiceClient;
+use milestones_runtime::auth::{mint_token, Role};
+use milestones_runtime::config::Settings;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+/// What to run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The suite's address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    endpoint: String,
+    /// Reps in the org.
+    #[arg(long, default_value_t = 1_000)]
+    members: usize,
+    /// Teams in the org (four levels deep).
+    #[arg(long, default_value_t = 50)]
+    teams: usize,
+    /// Unary RecordActivity calls per concurrency level.
+    #[arg(long, default_value_t = 2_000)]
+    unary_requests: usize,
+    /// Concurrency levels for unary ingestion, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// Total activities to reach with bulk import.
+    #[arg(long, default_value_t = 1_000_000)]
+    activities: usize,
+    /// Activities per RecordActivities call.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Concurrent bulk callers.
+    #[arg(long, default_value_t = 4)]
+    bulk_concurrency: usize,
+    /// Read calls per measurement.
+    #[arg(long, default_value_t = 1_000)]
+    reads: usize,
+}
+
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Goal = GoalServiceClient<InterceptedService<Channel, Bearer>>;
+type Progress = ProgressServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Latency samples of one measurement.
+struct Samples {
+    name: String,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    items: usize,
+}
+
+impl Samples {
+    fn print(&mut self) {
+        self.latencies.sort();
+        let pct = |q: f64| {
+            let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
+            self.latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1_000.0)
+        };
+        println!(
+            "{:<44} {:>10.0}/s  p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  ({} in {:.1} s)",
+            self.name,
+            self.items as f64 / self.elapsed.as_secs_f64(),
+            pct(0.50),
+            pct(0.95),
+            pct(0.99),
+            self.items,
+            self.elapsed.as_secs_f64()
+        );
+    }
+}
+
+struct Org {
+    members: Vec<g::Member>,
+    milestones: Vec<g::Milestone>,
+    leaderboard_team: g::Team,
+    metric: g::Metric,
+    quarter: String,
+}
+
+fn now_ts() -> prost_types::Timestamp {
+    let now = chrono::Utc::now() - chrono::Duration::seconds(1);
+    prost_types::Timestamp {
+        seconds: now.timestamp(),
+        nanos: 0,
+    }
+}
+
+/// Runs the benchmark.
+pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
+    let tenant = format!("bench-{}", chrono::Utc::now().timestamp());
+    let token = mint_token(
+        &settings.auth.to_config(),
+        &tenant,
+        "bench",
+        &[Role::Admin],
+        Duration::from_secs(86_400),
+    )?;
+    let bearer = Bearer(format!("Bearer {token}").parse()?);
+    let channel = Channel::from_shared(args.endpoint.clone())?.connect().await?;
+    let mut goal = GoalServiceClient::with_interceptor(channel.clone(), bearer.clone());
+    let progress = ProgressServiceClient::with_interceptor(channel.clone(), bearer.clone());
+    println!(
+        "tenant {tenant}: building an org of {} reps in {} teams",
+        args.members, args.teams
+    );
+    let org = build_org(&mut goal, &args).await?;
+    wait_for_projection(&progress, &org).await?;
+    let recorded = Arc::new(AtomicU64::new(0));
+
+    for &c in &args.concurrency {
+        let mut s = unary(&progress, &org, args.unary_requests, c, &recorded).await?;
+        s.print();
+    }
+    event_latency(&mut goal, &progress, &org, &tenant).await?.print();
+    top_up(&progress, &org, 10_000, &args, &recorded).await?;
+    reads(&progress, &org, args.reads, recorded.load(Ordering::Relaxed)).await?;
+    let mut bulk = top_up(&progress, &org, args.activities, &args, &recorded).await?;
+    bulk.print();
+    reads(&progress, &org, args.reads, recorded.load(Ordering::Relaxed)).await?;
+    Ok(())
+}
+
+async fn build_org(goal: &mut Goal, args: &BenchArgs) -> anyhow::Result<Org> {
+    let metric = goal
+        .create_metric(g::CreateMetricRequest {
+            metric: Some(g::Metric {
+                display_name: "New ARR".into(),
+                unit: g::MetricUnit::Currency as i32,
+                currency_code: "EUR".into(),
+                aggregation: g::MetricAggregation::Sum as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    let today = chrono::Utc::now().date_naive();
+    let quarter = milestones_domain::calendar::FiscalCalendar::default()
+        .quarter_of(today)
+        .name();
+    // Four levels: 1 root, then the rest spread 1:4 per level.
+    let mut levels: Vec<Vec<g::Team>> = Vec::new();
+    let sizes = level_sizes(args.teams);
+    for (depth, size) in sizes.iter().enumerate() {
+        let mut level = Vec::new();
+        for i in 0..*size {
+            let parent = if depth == 0 {
+                String::new()
+            } else {
+                levels[depth - 1][i % levels[depth - 1].len()].name.clone()
+            };
+            let team = goal
+                .create_team(g::CreateTeamRequest {
+                    team: Some(g::Team {
+                        display_name: format!("L{depth} team {i}"),
+                        parent,
+                        ..Default::default()
+                    }),
+                    request_id: String::new(),
+                })
+                .await?
+                .into_inner();
+            level.push(team);
+        }
+        levels.push(level);
+    }
+    let leaves = levels.last().cloned().unwrap_or_default();
+    let mut members = Vec::new();
+    let mut milestones = Vec::new();
+    for i in 0..args.members {
+        let m = goal
+            .create_member(g::CreateMemberRequest {
+                member: Some(g::Member {
+                    display_name: format!("Rep {i}"),
+                    email: format!("rep{i}@bench.example"),
+                    role: g::MemberRole::Rep as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        let team = &leaves[i % leaves.len()];
+        goal.create_membership(g::CreateMembershipRequest {
+            membership: Some(g::Membership {
+                member: m.name.clone(),
+                team: team.name.clone(),
+                start_date: Some(milestones_runtime::wire::date_to_wire(today - chrono::Days::new(400))),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await?;
+        milestones.push(create_milestone(goal, &m.name, &metric.name, &quarter, 100_000_000).await?);
+        members.push(m);
+    }
+    for level in &levels {
+        for t in level {
+            create_milestone(goal, &t.name, &metric.name, &quarter, 1_000_000_000_000).await?;
+        }
+    }
+    // The level-1 team whose subtree is closest to 200 reps.
+    let per_level1 = args.members / levels.get(1).map_or(1, |l| l.len().max(1));
+    println!("  leaderboard team: a level-1 team of about {per_level1} reps");
+    let leaderboard_team = levels
+        .get(1)
+        .and_then(|l| l.first())
+        .or_else(|| levels[0].first())
+        .cloned()
+        .unwrap_or_default();
+    Ok(Org {
+        members,
+        milestones,
+        leaderboard_team,
+        metric,
+        quarter,
+    })
+}
+
+/// Team counts per level for `total` teams four levels deep.
+fn level_sizes(total: usize) -> Vec<usize> {
+    let total = total.max(4);
+    let l1 = ((total - 1) / 12).max(1);
+    let l2 = ((total - 1 - l1) / 3).max(1);
+    let l3 = total - 1 - l1 - l2;
+    vec![1, l1, l2, l3]
+}
+
+async fn create_milestone(
+    goal: &mut Goal,
+    owner: &str,
+    metric: &str,
+    quarter: &str,
+    target: i64,
+) -> anyhow::Result<g::Milestone> {
+    Ok(goal
+        .create_milestone(g::CreateMilestoneRequest {
+            milestone: Some(g::Milestone {
+                display_name: format!("{quarter} bench"),
+                owner: owner.into(),
+                metric: metric.into(),
+                fiscal_period: quarter.into(),
+                target,
+                checkpoints: vec![g::Checkpoint {
+                    display_name: "half".into(),
+                    target: target / 2,
+                    due_date: None,
+                }],
+                ..Default::default()
+            }),
+            activate: true,
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner())
+}
+
+async fn wait_for_projection(progress: &Progress, org: &Org) -> anyhow::Result<()> {
+    let last = org
+        .milestones
+        .last()
+        .map(|m| format!("{}/progress", m.name))
+        .unwrap_or_default();
+    let start = Instant::now();
+    loop {
+        let mut c = progress.clone();
+        if c.get_progress(p::GetProgressRequest { name: last.clone() })
+            .await
+            .is_ok()
+        {
+            println!(
+                "  progress caught up with goal's feed in {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            anyhow::bail!("progress did not catch up with goal's feed within 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn activity(org: &Org, i: u64, value: i64) -> p::RecordActivityRequest {
+    let m = &org.members[(i as usize * 7919) % org.members.len()];
+    p::RecordActivityRequest {
+        member: m.name.clone(),
+        metric: org.metric.name.clone(),
+        value,
+        occurred_at: Some(now_ts()),
+        source: "bench".into(),
+        external_reference: String::new(),
+        credit_splits: vec![],
+        request_id: format!("bench-{i}"),
+    }
+}
+
+async fn unary(
+    progress: &Progress,
+    org: &Org,
+    requests: usize,
+    concurrency: usize,
+    recorded: &Arc<AtomicU64>,
+) -> anyhow::Result<Samples> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let per_task = requests / concurrency.max(1);
+    for _ in 0..concurrency {
+        let mut c = progress.clone();
+        let recorded = recorded.clone();
+        let reqs: Vec<p::RecordActivityRequest> = (0..per_task)
+            .map(|_| activity(org, recorded.fetch_add(1, Ordering::Relaxed), 1_000))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(reqs.len());
+            for r in reqs {
+                let t = Instant::now();
+                c.record_activity(r).await?;
+                lat.push(t.elapsed());
+            }
+            Ok::<_, tonic::Status>(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(Samples {
+        name: format!("RecordActivity, concurrency {concurrency}"),
+        items: latencies.len(),
+        latencies,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Time from RecordActivity to the milestone event reaching a consumer.
+async fn event_latency(goal: &mut Goal, progress: &Progress, org: &Org, tenant: &str) -> anyhow::Result<Samples> {
+    let rounds = 50;
+    let mut targets = Vec::new();
+    for i in 0..rounds {
+        let m = goal
+            .create_member(g::CreateMemberRequest {
+                member: Some(g::Member {
+                    display_name: format!("Latency {i}"),
+                    email: format!("latency{i}@bench.example"),
+                    role: g::MemberRole::Rep as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        let ms = create_milestone(goal, &m.name, &org.metric.name, &org.quarter, 2).await?;
+        targets.push((m, ms));
+    }
+    let probe = Org {
+        members: vec![],
+        milestones: targets.iter().map(|(_, m)| m.clone()).collect(),
+        ..clone_org(org)
+    };
+    wait_for_projection(progress, &probe).await?;
+    let mut c = progress.clone();
+    let mut feed = c
+        .watch_milestone_events(p::WatchMilestoneEventsRequest { after_sequence: 0 })
+        .await?
+        .into_inner();
+    // Skip the backlog: read until the first heartbeat.
+    while let Some(msg) = feed.message().await? {
+        if matches!(msg.kind, Some(p::watch_milestone_events_response::Kind::Heartbeat(_))) {
+            break;
+        }
+    }
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    for (i, (member, milestone)) in targets.iter().enumerate() {
+        let t = Instant::now();
+        c.record_activity(p::RecordActivityRequest {
+            member: member.name.clone(),
+            metric: org.metric.name.clone(),
+            value: 2,
+            occurred_at: Some(now_ts()),
+            source: "bench".into(),
+            external_reference: String::new(),
+            credit_splits: vec![],
+            request_id: format!("latency-{tenant}-{i}"),
+        })
+        .await?;
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), feed.message()).await??;
+            if let Some(p::watch_milestone_events_response::Kind::Event(e)) = msg.and_then(|m| m.kind) {
+                if e.milestone == milestone.name && e.kind == p::MilestoneEventKind::TargetReached as i32 {
+                    latencies.push(t.elapsed());
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Samples {
+        name: "activity → milestone event delivered".into(),
+        items: latencies.len(),
+        latencies,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn clone_org(org: &Org) -> Org {
+    Org {
+        members: org.members.clone(),
+        milestones: org.milestones.clone(),
+        leaderboard_team: org.leaderboard_team.clone(),
+        metric: org.metric.clone(),
+        quarter: org.quarter.clone(),
+    }
+}
+
+/// Bulk-imports until `total` activities are recorded.
+async fn top_up(
+    progress: &Progress,
+    org: &Org,
+    total: usize,
+    args: &BenchArgs,
+    recorded: &Arc<AtomicU64>,
+) -> anyhow::Result<Samples> {
+    let start = Instant::now();
+    let before = recorded.load(Ordering::Relaxed) as usize;
+    let missing = total.saturating_sub(before);
+    let batches = missing.div_ceil(args.batch.max(1));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.bulk_concurrency.max(1) {
+        let mut c = progress.clone();
+        let (next, recorded) = (next.clone(), recorded.clone());
+        let org = clone_org(org);
+        let batch = args.batch;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let b = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if b >= batches {
+                    return Ok::<_, tonic::Status>(lat);
+                }
+                let n = batch.min(missing - b * batch);
+                let requests = (0..n)
+                    .map(|_| activity(&org, recorded.fetch_add(1, Ordering::Relaxed), 10))
+                    .collect();
+                let t = Instant::now();
+                c.record_activities(p::RecordActivitiesRequest { requests }).await?;
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(Samples {
+        name: format!(
+            "RecordActivities ×{} (bulk, {} callers)",
+            args.batch, args.bulk_concurrency
+        ),
+        items: missing,
+        latencies,
+        elapsed: start.elapsed(),
+    })
+}
+
+async fn reads(progress: &Progress, org: &Org, n: usize, recorded: u64) -> anyhow::Result<()> {
+    let mut c = progress.clone();
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let m = &org.milestones[(i * 7919) % org.milestones.len()];
+        let t = Instant::now();
+        c.get_progress(p::GetProgressRequest {
+            name: format!("{}/progress", m.name),
+        })
+        .await?;
+        lat.push(t.elapsed());
+    }
+    Samples {
+        name: format!("GetProgress at {recorded} activities"),
+        items: n,
+        latencies: lat,
+        elapsed: start.elapsed(),
+    }
+    .print();
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        c.get_leaderboard(p::GetLeaderboardRequest {
+            team: org.leaderboard_team.name.clone(),
+            metric: org.metric.name.clone(),
+            period: Some(p::get_leaderboard_request::Period::FiscalPeriod(org.quarter.clone())),
+            rank_by: p::RankBy::Attainment as i32,
+            page_size: 50,
+            page_token: String::new(),
+        })
+        .await?;
+        lat.push(t.elapsed());
+    }
+    Samples {
+        name: format!("GetLeaderboard at {recorded} activities"),
+        items: n,
+        latencies: lat,
+        elapsed: start.elapsed(),
+    }
+    .print();
+    Ok(())
+}

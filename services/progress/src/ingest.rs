@@ -1,0 +1,733 @@
+//! Recording activities, in bulk.
+//!
+//! A call (one activity or a batch of up to 1,000) is one transaction in
+//! three steps, so that its cost is a few dozen statements whatever its size:
+//!
+//! 1. **Load** what the batch needs in a handful of queries: replays of its
+//!    request ids, its metrics and members, the tenant's team tree, the
+//!    members' memberships, and the active milestones they can count toward.
+//! 2. **Plan** in memory, in request order: credits, the milestones each
+//!    credit counts toward on its date, and the rows to write.
+//! 3. **Write** with multi-row statements; milestone values are updated
+//!    relatively (`value = value + delta ... RETURNING`), so concurrent calls
+//!    never lose an update, and crossings are detected from the values the
+//!    database returns. Rows are updated last, to hold their locks briefly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use milestones_api::progress as pb;
+use milestones_domain::calendar::format_date;
+use milestones_domain::names::Collection;
+use milestones_runtime::auth::Caller;
+use milestones_runtime::wire::{micros_to_timestamp, now_micros};
+use milestones_runtime::ApiError;
+use prost::Message;
+use sea_orm::{ConnectionTrait, Value};
+
+use crate::ops::{event_of, NewActivity, Progress, ProgressChanged};
+use crate::rules;
+use crate::store::{self, exec, rows, Fired, MilestoneRow};
+
+/// Most bind parameters in one statement (SQLite's default limit is 32766,
+/// PostgreSQL's 65535).
+const MAX_PARAMS: usize = 30_000;
+
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inserts `rows` (each with `columns.len()` values) in as few statements
+/// as the parameter limit allows; `suffix` follows each statement (e.g. an
+/// ON CONFLICT clause).
+async fn insert_rows(
+    conn: &impl ConnectionTrait,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Value>>,
+    suffix: &str,
+) -> Result<(), ApiError> {
+    let per_statement = (MAX_PARAMS / columns.len()).max(1);
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Value>> = rows.by_ref().take(per_statement).collect();
+        let mut values = Vec::with_capacity(chunk.len() * columns.len());
+        let mut tuples = Vec::with_capacity(chunk.len());
+        for row in chunk {
+            tuples.push(format!("({})", placeholders(values.len() + 1, row.len())));
+            values.extend(row);
+        }
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {} {suffix}",
+            columns.join(", "),
+            tuples.join(", ")
+        );
+        exec(conn, &sql, values).await?;
+    }
+    Ok(())
+}
+
+/// The civil date of an instant in a time zone.
+fn civil_date(micros: i64, tz: chrono_tz::Tz) -> NaiveDate {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .map(|t| t.with_timezone(&tz).date_naive())
+        .unwrap_or(NaiveDate::MIN)
+}
+
+/// A membership, as needed to find a member's team on a date.
+struct Stint {
+    team: String,
+    start: String,
+    end: Option<String>,
+}
+
+/// One milestone's share of the batch.
+#[derive(Default)]
+struct Delta {
+    amount: i64,
+    activities: i64,
+    /// (activity id, delta so far, running delta after it): to attribute
+    /// crossings to the activity that caused them.
+    steps: Vec<(String, i64)>,
+    owner_teams: Vec<String>,
+}
+
+impl Progress {
+    /// Records activities, all or nothing, and returns them in order. Each
+    /// entry's `request_id` makes it idempotent on its own.
+    pub async fn record(
+        &self,
+        caller: &Caller,
+        entries: Vec<NewActivity>,
+        batch: bool,
+    ) -> Result<Vec<pb::Activity>, ApiError> {
+        let tenant = caller.tenant_id.as_str();
+        let field = |i: usize, f: &str| {
+            if batch {
+                format!("requests[{i}].{f}")
+            } else {
+                f.to_string()
+            }
+        };
+        let txn = self.db.begin_write().await?;
+        let conn = &*txn;
+        let now = now_micros();
+        let settings = store::tenant_settings(conn, tenant).await?;
+
+        // === 1. load ===
+        let replays = load_replays(conn, caller, &entries).await?;
+        let metric_ids: BTreeSet<&str> = entries.iter().map(|e| e.metric_id.as_str()).collect();
+        let metrics = load_metrics(conn, tenant, &metric_ids).await?;
+        let member_ids: BTreeSet<String> = entries
+            .iter()
+            .flat_map(|e| std::iter::once(e.member_id.clone()).chain(e.splits.iter().map(|(m, _)| m.clone())))
+            .collect();
+        let known = load_known_members(conn, tenant, &member_ids).await?;
+        let parents = load_team_parents(conn, tenant).await?;
+        let stints = load_stints(conn, tenant, &member_ids).await?;
+        let mut external: BTreeSet<(String, String)> = BTreeSet::new();
+        for e in &entries {
+            if let Some(r) = &e.external_reference {
+                external.insert((e.source.clone(), r.clone()));
+            }
+        }
+        let taken = load_taken_references(conn, tenant, &external).await?;
+        // Owners whose milestones a credit may count toward: the members and
+        // every team in their chains.
+        let mut team_owners: BTreeSet<String> = BTreeSet::new();
+        for member_stints in stints.values() {
+            for s in member_stints {
+                team_owners.extend(chain(&parents, &s.team));
+            }
+        }
+        let mut milestones = load_candidates(conn, tenant, &metric_ids, &member_ids, &team_owners).await?;
+
+        // === 2. plan ===
+        let mut out: Vec<Option<pb::Activity>> = Vec::with_capacity(entries.len());
+        let mut activity_rows = Vec::new();
+        let mut credit_rows = Vec::new();
+        let mut contribution_rows = Vec::new();
+        let mut member_daily: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
+        let mut milestone_daily: BTreeMap<(String, String), i64> = BTreeMap::new();
+        let mut deltas: BTreeMap<String, Delta> = BTreeMap::new();
+        let mut seen_references: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut responses: Vec<(usize, pb::Activity)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if let Some(stored) = replays.get(&i) {
+                out.push(Some(stored.clone()));
+                continue;
+            }
+            let (aggregation, allow_negative) = metrics
+                .get(e.metric_id.as_str())
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(Collection::Metrics.name(&e.metric_id)))?;
+            for m in std::iter::once(&e.member_id).chain(e.splits.iter().map(|(m, _)| m)) {
+                if !known.contains(m) {
+                    return Err(ApiError::not_found(Collection::Members.name(m)));
+                }
+            }
+            if e.value < 0 && !allow_negative {
+                return Err(ApiError::invalid(
+                    field(i, "value"),
+                    format!(
+                        "{} does not allow negative values (got {}); void the original activity instead",
+                        Collection::Metrics.name(&e.metric_id),
+                        e.value
+                    ),
+                ));
+            }
+            if let Some(r) = &e.external_reference {
+                let key = (e.source.clone(), r.clone());
+                if taken.contains(&key) || !seen_references.insert(key) {
+                    return Err(ApiError::AlreadyExists {
+                        reason: "EXTERNAL_REFERENCE_EXISTS",
+                        message: format!(
+                            "an activity from {} with external_reference {r:?} is already recorded; void it first to replace it",
+                            e.source
+                        ),
+                    });
+                }
+            }
+            let credited: Vec<(String, u32)> = if e.splits.is_empty() {
+                vec![(e.member_id.clone(), 10_000)]
+            } else {
+                e.splits.clone()
+            };
+            let amounts: Vec<i64> = if aggregation == "count" {
+                // A counted activity counts once for each credited member.
+                vec![e.value.signum(); credited.len()]
+            } else {
+                let shares: Vec<u32> = credited.iter().map(|(_, s)| *s).collect();
+                rules::split(e.value, &shares).map_err(|msg| ApiError::invalid(field(i, "credit_splits"), msg))?
+            };
+            let day = format_date(civil_date(e.occurred_at, settings.time_zone));
+            let id = uuid::Uuid::now_v7().to_string();
+            activity_rows.push(vec![
+                id.clone().into(),
+                tenant.into(),
+                e.member_id.clone().into(),
+                e.metric_id.clone().into(),
+                e.value.into(),
+                e.occurred_at.into(),
+                day.clone().into(),
+                e.source.clone().into(),
+                e.external_reference.clone().into(),
+                serde_json::to_string(&e.splits).unwrap_or_else(|_| "[]".into()).into(),
+                "active".into(),
+                "".into(),
+                Option::<i64>::None.into(),
+                now.into(),
+                caller.subject.clone().into(),
+            ]);
+            let mut touched_by_this: BTreeSet<String> = BTreeSet::new();
+            for ((member, _), amount) in credited.iter().zip(&amounts) {
+                credit_rows.push(vec![
+                    id.clone().into(),
+                    member.clone().into(),
+                    tenant.into(),
+                    e.metric_id.clone().into(),
+                    (*amount).into(),
+                    day.clone().into(),
+                    true.into(),
+                ]);
+                let d = member_daily
+                    .entry((member.clone(), e.metric_id.clone(), day.clone()))
+                    .or_default();
+                d.0 += amount;
+                d.1 += 1;
+                let team = stints.get(member).and_then(|ss| {
+                    ss.iter()
+                        .find(|s| s.start <= day && s.end.as_ref().is_none_or(|end| *end >= day))
+                        .map(|s| s.team.clone())
+                });
+                let team_chain = team.as_deref().map(|t| chain(&parents, t)).unwrap_or_default();
+                for m in milestones.values() {
+                    let counts = m.metric_id == e.metric_id
+                        && m.start_date <= day
+                        && day <= m.end_date
+                        && ((m.owner_kind == "member" && m.owner_id == *member)
+                            || (m.owner_kind == "team" && team_chain.contains(&m.owner_id)));
+                    if !counts {
+                        continue;
+                    }
+                    contribution_rows.push(vec![
+                        m.id.clone().into(),
+                        id.clone().into(),
+                        member.clone().into(),
+                        (*amount).into(),
+                        day.clone().into(),
+                    ]);
+                    *milestone_daily.entry((m.id.clone(), day.clone())).or_default() += amount;
+                    let delta = deltas.entry(m.id.clone()).or_default();
+                    if delta.owner_teams.is_empty() {
+                        delta.owner_teams = if m.owner_kind == "team" {
+                            team_chain.iter().skip_while(|t| **t != m.owner_id).cloned().collect()
+                        } else {
+                            team_chain.clone()
+                        };
+                    }
+                    delta.amount = delta.amount.saturating_add(*amount);
+                    delta.steps.push((id.clone(), delta.amount));
+                    if touched_by_this.insert(m.id.clone()) {
+                        delta.activities += 1;
+                    }
+                }
+            }
+            let response = pb::Activity {
+                name: format!("activities/{id}"),
+                member: Collection::Members.name(&e.member_id),
+                metric: Collection::Metrics.name(&e.metric_id),
+                value: e.value,
+                occurred_at: Some(micros_to_timestamp(e.occurred_at)),
+                source: e.source.clone(),
+                external_reference: e.external_reference.clone().unwrap_or_default(),
+                credit_splits: e
+                    .splits
+                    .iter()
+                    .map(|(m, bp)| pb::CreditSplit {
+                        member: Collection::Members.name(m),
+                        share_basis_points: *bp as i32,
+                    })
+                    .collect(),
+                credited_amounts: {
+                    let mut c: Vec<pb::CreditedAmount> = credited
+                        .iter()
+                        .zip(&amounts)
+                        .map(|((m, _), a)| pb::CreditedAmount {
+                            member: Collection::Members.name(m),
+                            amount: *a,
+                        })
+                        .collect();
+                    c.sort_by(|a, b| a.member.cmp(&b.member));
+                    c
+                },
+                state: pb::ActivityState::Active as i32,
+                void_reason: String::new(),
+                void_time: None,
+                create_time: Some(micros_to_timestamp(now)),
+                recorded_by: caller.subject.clone(),
+            };
+            responses.push((i, response.clone()));
+            out.push(Some(response));
+        }
+
+        // === 3. write ===
+        insert_rows(
+            conn,
+            "activities",
+            &[
+                "id",
+                "tenant_id",
+                "member_id",
+                "metric_id",
+                "value",
+                "occurred_at",
+                "occurred_date",
+                "source",
+                "external_reference",
+                "credit_splits",
+                "state",
+                "void_reason",
+                "void_time",
+                "create_time",
+                "recorded_by",
+            ],
+            activity_rows,
+            "",
+        )
+        .await
+        .map_err(|e| match e {
+            // A concurrent call took an external reference first.
+            ApiError::Aborted { .. } if !external.is_empty() => ApiError::AlreadyExists {
+                reason: "EXTERNAL_REFERENCE_EXISTS",
+                message:
+                    "an activity with one of these external references was just recorded; void it first to replace it"
+                        .to_string(),
+            },
+            e => e,
+        })?;
+        insert_rows(
+            conn,
+            "activity_credits",
+            &[
+                "activity_id",
+                "member_id",
+                "tenant_id",
+                "metric_id",
+                "amount",
+                "occurred_date",
+                "active",
+            ],
+            credit_rows,
+            "",
+        )
+        .await?;
+        insert_rows(
+            conn,
+            "milestone_contributions",
+            &["milestone_id", "activity_id", "member_id", "amount", "occurred_date"],
+            contribution_rows,
+            "",
+        )
+        .await?;
+        insert_rows(
+            conn,
+            "member_daily",
+            &["tenant_id", "member_id", "metric_id", "day", "amount", "activity_count"],
+            member_daily
+                .into_iter()
+                .map(|((member, metric, day), (amount, n))| {
+                    vec![
+                        tenant.into(),
+                        member.into(),
+                        metric.into(),
+                        day.into(),
+                        amount.into(),
+                        n.into(),
+                    ]
+                })
+                .collect(),
+            "ON CONFLICT (tenant_id, member_id, metric_id, day) DO UPDATE SET \
+             amount = member_daily.amount + excluded.amount, \
+             activity_count = member_daily.activity_count + excluded.activity_count",
+        )
+        .await?;
+        insert_rows(
+            conn,
+            "milestone_daily",
+            &["milestone_id", "day", "amount"],
+            milestone_daily
+                .into_iter()
+                .map(|((m, day), amount)| vec![m.into(), day.into(), amount.into()])
+                .collect(),
+            "ON CONFLICT (milestone_id, day) DO UPDATE SET amount = milestone_daily.amount + excluded.amount",
+        )
+        .await?;
+        let mut key_rows = Vec::new();
+        for (i, response) in &responses {
+            key_rows.push(vec![
+                tenant.into(),
+                caller.subject.clone().into(),
+                "RecordActivity".into(),
+                entries[*i].request_id.clone().into(),
+                entries[*i].request.clone().into(),
+                response.encode_to_vec().into(),
+                now.into(),
+            ]);
+        }
+        insert_rows(
+            conn,
+            "idempotency_keys",
+            &[
+                "tenant_id",
+                "caller",
+                "method",
+                "request_id",
+                "request",
+                "response",
+                "create_time",
+            ],
+            key_rows,
+            "",
+        )
+        .await
+        .map_err(|e| match e {
+            ApiError::Aborted { .. } => ApiError::Aborted {
+                reason: "REQUEST_IN_FLIGHT",
+                message: "a concurrent call with one of these request ids committed first; retry to get its result"
+                    .to_string(),
+            },
+            e => e,
+        })?;
+
+        // Milestones last: their row locks are held until commit.
+        let mut events = Vec::new();
+        let mut changed = Vec::new();
+        for (id, delta) in deltas {
+            let Some(m) = milestones.get_mut(&id) else { continue };
+            let returned = store::row(
+                conn,
+                "UPDATE milestone_progress SET value = value + $1, activity_count = activity_count + $2, value_time = $3 \
+                 WHERE id = $4 RETURNING value, fired",
+                vec![delta.amount.into(), delta.activities.into(), now.into(), id.clone().into()],
+            )
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("milestone {id} vanished during ingestion")))?;
+            let after: i64 = returned.try_get("", "value")?;
+            let fired: String = returned.try_get("", "fired")?;
+            let before = after - delta.amount;
+            m.value = before;
+            m.fired = serde_json::from_str::<Fired>(&fired).unwrap_or_default();
+            let fired_before = m.fired.clone();
+            // Walk the batch's activities in order to name the one that
+            // crossed each threshold.
+            let mut running_before = before;
+            for (activity, cumulative) in &delta.steps {
+                let value = before + cumulative;
+                m.value = value;
+                for crossing in rules::crossings(m, running_before, value, now) {
+                    events.push(event_of(
+                        m,
+                        &crossing,
+                        &delta.owner_teams,
+                        Some(activity),
+                        &settings.calendar,
+                        now,
+                    ));
+                }
+                running_before = value;
+            }
+            m.value = after;
+            if m.fired != fired_before {
+                exec(
+                    conn,
+                    "UPDATE milestone_progress SET fired = $1 WHERE id = $2",
+                    vec![
+                        serde_json::to_string(&m.fired).unwrap_or_else(|_| "{}".into()).into(),
+                        id.clone().into(),
+                    ],
+                )
+                .await?;
+            }
+            changed.push(ProgressChanged {
+                tenant_id: tenant.to_string(),
+                milestone_id: id.clone(),
+                owner_kind: m.owner_kind.clone(),
+                owner_id: m.owner_id.clone(),
+            });
+        }
+        self.commit_with_events(txn, events, changed).await?;
+        Ok(out.into_iter().flatten().collect())
+    }
+}
+
+/// The team and its ancestors, nearest first; bounded against cycles.
+fn chain(parents: &HashMap<String, Option<String>>, team: &str) -> Vec<String> {
+    let mut out = vec![team.to_string()];
+    let mut cursor = team.to_string();
+    while let Some(Some(parent)) = parents.get(&cursor) {
+        if out.contains(parent) || out.len() > 64 {
+            break;
+        }
+        out.push(parent.clone());
+        cursor = parent.clone();
+    }
+    out
+}
+
+/// Stored responses of entries that already ran, by entry index; an id
+/// reused with another payload is refused.
+async fn load_replays(
+    conn: &impl ConnectionTrait,
+    caller: &Caller,
+    entries: &[NewActivity],
+) -> Result<HashMap<usize, pb::Activity>, ApiError> {
+    let mut stored: HashMap<String, (Vec<u8>, Vec<u8>)> = HashMap::new();
+    let ids: Vec<&str> = entries.iter().map(|e| e.request_id.as_str()).collect();
+    for chunk in ids.chunks(5_000) {
+        let sql = format!(
+            "SELECT request_id, request, response FROM idempotency_keys WHERE tenant_id = $1 AND caller = $2 \
+             AND method = $3 AND request_id IN ({})",
+            placeholders(4, chunk.len())
+        );
+        let mut values: Vec<Value> = vec![
+            caller.tenant_id.clone().into(),
+            caller.subject.clone().into(),
+            "RecordActivity".into(),
+        ];
+        values.extend(chunk.iter().map(|id| Value::from(*id)));
+        for r in rows(conn, &sql, values).await? {
+            stored.insert(
+                r.try_get("", "request_id")?,
+                (r.try_get("", "request")?, r.try_get("", "response")?),
+            );
+        }
+    }
+    let mut out = HashMap::new();
+    let mut in_batch: HashMap<&str, &[u8]> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let Some((request, response)) = stored.get(&e.request_id) {
+            if *request != e.request {
+                return Err(reused(&e.request_id));
+            }
+            let activity = pb::Activity::decode(response.as_slice())
+                .map_err(|err| ApiError::Internal(anyhow::anyhow!("stored activity does not decode: {err}")))?;
+            out.insert(i, activity);
+        } else if let Some(previous) = in_batch.insert(&e.request_id, &e.request) {
+            // The same id twice in one batch: the same payload is one
+            // activity sent twice, which a batch cannot express; refuse.
+            let _ = previous;
+            return Err(ApiError::invalid(
+                format!("requests[{i}].request_id"),
+                format!(
+                    "{:?} appears twice in this batch; every entry needs its own request_id",
+                    e.request_id
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn reused(request_id: &str) -> ApiError {
+    ApiError::precondition(
+        "REQUEST_ID_REUSED",
+        format!("request_id:{request_id}"),
+        format!(
+            "request_id {request_id:?} was already used for a different RecordActivity request; use a new request_id for a new activity"
+        ),
+    )
+}
+
+async fn load_metrics(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    ids: &BTreeSet<&str>,
+) -> Result<HashMap<String, (String, bool)>, ApiError> {
+    let sql = format!(
+        "SELECT id, aggregation, allow_negative_values FROM projection_metrics WHERE tenant_id = $1 AND id IN ({})",
+        placeholders(2, ids.len())
+    );
+    let mut values: Vec<Value> = vec![tenant.into()];
+    values.extend(ids.iter().map(|id| Value::from(*id)));
+    rows(conn, &sql, values)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "id")?,
+                (r.try_get("", "aggregation")?, r.try_get("", "allow_negative_values")?),
+            ))
+        })
+        .collect::<Result<_, sea_orm::DbErr>>()
+        .map_err(ApiError::from)
+}
+
+async fn load_known_members(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    ids: &BTreeSet<String>,
+) -> Result<BTreeSet<String>, ApiError> {
+    let mut out = BTreeSet::new();
+    let ids: Vec<&String> = ids.iter().collect();
+    for chunk in ids.chunks(5_000) {
+        let sql = format!(
+            "SELECT id FROM projection_members WHERE tenant_id = $1 AND id IN ({})",
+            placeholders(2, chunk.len())
+        );
+        let mut values: Vec<Value> = vec![tenant.into()];
+        values.extend(chunk.iter().map(|id| Value::from((*id).clone())));
+        for r in rows(conn, &sql, values).await? {
+            out.insert(r.try_get("", "id")?);
+        }
+    }
+    Ok(out)
+}
+
+async fn load_team_parents(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+) -> Result<HashMap<String, Option<String>>, ApiError> {
+    rows(
+        conn,
+        "SELECT id, parent_id FROM projection_teams WHERE tenant_id = $1",
+        vec![tenant.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "parent_id")?)))
+    .collect::<Result<_, sea_orm::DbErr>>()
+    .map_err(ApiError::from)
+}
+
+async fn load_stints(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    members: &BTreeSet<String>,
+) -> Result<HashMap<String, Vec<Stint>>, ApiError> {
+    let mut out: HashMap<String, Vec<Stint>> = HashMap::new();
+    let members: Vec<&String> = members.iter().collect();
+    for chunk in members.chunks(5_000) {
+        let sql = format!(
+            "SELECT member_id, team_id, start_date, end_date FROM projection_memberships \
+             WHERE tenant_id = $1 AND member_id IN ({})",
+            placeholders(2, chunk.len())
+        );
+        let mut values: Vec<Value> = vec![tenant.into()];
+        values.extend(chunk.iter().map(|id| Value::from((*id).clone())));
+        for r in rows(conn, &sql, values).await? {
+            out.entry(r.try_get("", "member_id")?).or_default().push(Stint {
+                team: r.try_get("", "team_id")?,
+                start: r.try_get("", "start_date")?,
+                end: r.try_get("", "end_date")?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn load_taken_references(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    references: &BTreeSet<(String, String)>,
+) -> Result<BTreeSet<(String, String)>, ApiError> {
+    let mut out = BTreeSet::new();
+    let refs: Vec<&(String, String)> = references.iter().collect();
+    for chunk in refs.chunks(5_000) {
+        let sql = format!(
+            "SELECT source, external_reference FROM activities WHERE tenant_id = $1 AND external_reference IN ({})",
+            placeholders(2, chunk.len())
+        );
+        let mut values: Vec<Value> = vec![tenant.into()];
+        values.extend(chunk.iter().map(|(_, r)| Value::from(r.clone())));
+        for r in rows(conn, &sql, values).await? {
+            let pair: (String, Option<String>) = (r.try_get("", "source")?, r.try_get("", "external_reference")?);
+            if let (source, Some(reference)) = pair {
+                if references.contains(&(source.clone(), reference.clone())) {
+                    out.insert((source, reference));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Active milestones on `metrics` owned by `members` or `teams`.
+async fn load_candidates(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    metrics: &BTreeSet<&str>,
+    members: &BTreeSet<String>,
+    teams: &BTreeSet<String>,
+) -> Result<BTreeMap<String, MilestoneRow>, ApiError> {
+    let mut out = BTreeMap::new();
+    let owners: Vec<(&str, &String)> = members
+        .iter()
+        .map(|m| ("member", m))
+        .chain(teams.iter().map(|t| ("team", t)))
+        .collect();
+    let metric_list: Vec<&str> = metrics.iter().copied().collect();
+    for chunk in owners.chunks(5_000) {
+        let ids: Vec<&String> = chunk.iter().map(|(_, id)| *id).collect();
+        let clause = format!(
+            "tenant_id = $1 AND state = 'active' AND metric_id IN ({}) AND owner_id IN ({})",
+            placeholders(2, metric_list.len()),
+            placeholders(2 + metric_list.len(), ids.len())
+        );
+        let mut values: Vec<Value> = vec![tenant.into()];
+        values.extend(metric_list.iter().map(|m| Value::from(*m)));
+        values.extend(ids.iter().map(|id| Value::from((*id).clone())));
+        for m in store::milestones_where(conn, &clause, values).await? {
+            let wanted = chunk
+                .iter()
+                .any(|(kind, id)| m.owner_kind == *kind && m.owner_id == **id);
+            if wanted {
+                out.insert(m.id.clone(), m);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -60,6 +60,8 @@ pub struct Progress {
 #[derive(Debug, Default)]
 pub struct Reconcile {
     pub milestones: BTreeSet<String>,
+    /// Teams whose active milestones must be recomputed.
+    pub teams: BTreeSet<String>,
     pub all_team_milestones: bool,
 }
 
@@ -486,6 +488,21 @@ impl Progress {
             )
             .await?
             {
+                ids.insert(m.id);
+            }
+        }
+        if !r.all_team_milestones && !r.teams.is_empty() {
+            let teams: Vec<String> = r.teams.into_iter().collect();
+            let clause = format!(
+                "tenant_id = $1 AND owner_kind = 'team' AND state = 'active' AND owner_id IN ({})",
+                (0..teams.len())
+                    .map(|i| format!("${}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut values: Vec<Value> = vec![tenant.into()];
+            values.extend(teams.into_iter().map(Value::from));
+            for m in store::milestones_where(conn, &clause, values).await? {
                 ids.insert(m.id);
             }
         }

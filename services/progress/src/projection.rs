@@ -179,6 +179,15 @@ async fn apply(txn: &WriteTxn, event: &goal_pb::ChangeEvent, reconcile: &mut Rec
                 } else {
                     Some(id_of(Collection::Teams, &t.parent)?)
                 };
+                let old_parent: Option<Option<String>> = crate::store::row(
+                    conn,
+                    "SELECT parent_id FROM projection_teams WHERE id = $1",
+                    vec![id.clone().into()],
+                )
+                .await?
+                .map(|r| r.try_get("", "parent_id"))
+                .transpose()?;
+                let moved = matches!(&old_parent, Some(p) if *p != parent);
                 exec(
                     conn,
                     "INSERT INTO projection_teams (id, tenant_id, parent_id) VALUES ($1, $2, $3) \
@@ -187,7 +196,9 @@ async fn apply(txn: &WriteTxn, event: &goal_pb::ChangeEvent, reconcile: &mut Rec
                 )
                 .await?;
                 // A move changes which members roll up into which teams.
-                reconcile.all_team_milestones = true;
+                if moved {
+                    reconcile.all_team_milestones = true;
+                }
             }
         }
         Resource::Member(m) => {
@@ -234,7 +245,12 @@ async fn apply(txn: &WriteTxn, event: &goal_pb::ChangeEvent, reconcile: &mut Rec
                 )
                 .await?;
             }
-            reconcile.all_team_milestones = true;
+            // Only the milestones of the membership's team and its
+            // ancestors can change.
+            let team = id_of(Collection::Teams, &ms.team)?;
+            reconcile
+                .teams
+                .extend(crate::store::team_chain(conn, tenant, &team).await?);
         }
         Resource::Metric(m) => {
             let id = id_of(Collection::Metrics, &m.name)?;
@@ -303,6 +319,22 @@ async fn apply(txn: &WriteTxn, event: &goal_pb::ChangeEvent, reconcile: &mut Rec
                 })
                 .collect();
             let checkpoints = serde_json::to_string(&checkpoints).unwrap_or_else(|_| "[]".into());
+            let start = date_text(m.start_date.as_ref()).unwrap_or_default();
+            let end = date_text(m.end_date.as_ref()).unwrap_or_default();
+            // Recompute only when what counts changed: new, re-activated, or
+            // new terms (a rename changes nothing).
+            let previous = crate::store::milestones_where(conn, "id = $1", vec![id.clone().into()])
+                .await?
+                .into_iter()
+                .next();
+            let terms_changed = previous.as_ref().is_none_or(|p| {
+                p.start_date != start
+                    || p.end_date != end
+                    || p.target != m.target
+                    || p.stretch_target != m.stretch_target
+                    || p.state != state_text
+                    || serde_json::to_string(&p.checkpoints).ok().as_deref() != Some(checkpoints.as_str())
+            });
             exec(
                 conn,
                 "INSERT INTO milestone_progress (id, tenant_id, owner_kind, owner_id, metric_id, start_date, end_date, \
@@ -317,8 +349,8 @@ async fn apply(txn: &WriteTxn, event: &goal_pb::ChangeEvent, reconcile: &mut Rec
                     owner_kind.into(),
                     owner_id.into(),
                     metric.into(),
-                    date_text(m.start_date.as_ref()).unwrap_or_default().into(),
-                    date_text(m.end_date.as_ref()).unwrap_or_default().into(),
+                    start.into(),
+                    end.into(),
                     m.target.into(),
                     m.stretch_target.into(),
                     checkpoints.into(),
@@ -326,7 +358,7 @@ async fn apply(txn: &WriteTxn, event: &goal_pb::ChangeEvent, reconcile: &mut Rec
                 ],
             )
             .await?;
-            if state == goal_pb::MilestoneState::Active {
+            if state == goal_pb::MilestoneState::Active && terms_changed {
                 reconcile.milestones.insert(id);
             }
         }

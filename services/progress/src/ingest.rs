@@ -23,21 +23,31 @@ use milestones_runtime::auth::Caller;
 use milestones_runtime::wire::{micros_to_timestamp, now_micros};
 use milestones_runtime::ApiError;
 use prost::Message;
-use sea_orm::{ConnectionTrait, Value};
+use sea_orm::{ConnectionTrait, DatabaseBackend, Value};
 
 use crate::ops::{event_of, NewActivity, Progress, ProgressChanged};
 use crate::rules;
 use crate::store::{self, exec, rows, Fired, MilestoneRow};
 
-/// Most bind parameters in one statement (SQLite's default limit is 32766,
-/// PostgreSQL's 65535).
-const MAX_PARAMS: usize = 30_000;
+/// Most bind parameters in one statement, well below SQLite's (32766) and
+/// PostgreSQL's (65535) limits: larger statements gain nothing.
+const MAX_PARAMS: usize = 8_000;
 
-fn placeholders(start: usize, n: usize) -> String {
+/// `$start, ..., $(start+n-1)`; on SQLite plain `?` (parameters in order),
+/// because SQLite looks up `$N` and `?N` parameters in a list, which costs
+/// time quadratic in their number.
+fn placeholders_for(backend: DatabaseBackend, start: usize, n: usize) -> String {
+    if backend == DatabaseBackend::Sqlite {
+        return vec!["?"; n].join(", ");
+    }
     (start..start + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn placeholders(start: usize, n: usize) -> String {
+    placeholders_for(DatabaseBackend::Postgres, start, n)
 }
 
 /// Inserts `rows` (each with `columns.len()` values) in as few statements
@@ -50,6 +60,8 @@ async fn insert_rows(
     rows: Vec<Vec<Value>>,
     suffix: &str,
 ) -> Result<(), ApiError> {
+    let started = std::time::Instant::now();
+    let total = rows.len();
     let per_statement = (MAX_PARAMS / columns.len()).max(1);
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
@@ -57,7 +69,10 @@ async fn insert_rows(
         let mut values = Vec::with_capacity(chunk.len() * columns.len());
         let mut tuples = Vec::with_capacity(chunk.len());
         for row in chunk {
-            tuples.push(format!("({})", placeholders(values.len() + 1, row.len())));
+            tuples.push(format!(
+                "({})",
+                placeholders_for(conn.get_database_backend(), values.len() + 1, row.len())
+            ));
             values.extend(row);
         }
         let sql = format!(
@@ -67,6 +82,12 @@ async fn insert_rows(
         );
         exec(conn, &sql, values).await?;
     }
+    tracing::debug!(
+        table,
+        rows = total,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ingest: inserted"
+    );
     Ok(())
 }
 
@@ -112,7 +133,12 @@ impl Progress {
                 f.to_string()
             }
         };
+        let started = std::time::Instant::now();
         let txn = self.db.begin_write().await?;
+        tracing::debug!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "ingest: transaction open"
+        );
         let conn = &*txn;
         let now = now_micros();
         let settings = store::tenant_settings(conn, tenant).await?;
@@ -145,6 +171,8 @@ impl Progress {
         }
         let mut milestones = load_candidates(conn, tenant, &metric_ids, &member_ids, &team_owners).await?;
 
+        let loaded = std::time::Instant::now();
+        tracing::debug!(entries = entries.len(), candidates = milestones.len(), "ingest: loaded");
         // === 2. plan ===
         let mut out: Vec<Option<pb::Activity>> = Vec::with_capacity(entries.len());
         let mut activity_rows = Vec::new();
@@ -314,6 +342,8 @@ impl Progress {
             out.push(Some(response));
         }
 
+        tracing::debug!(elapsed_ms = loaded.elapsed().as_millis() as u64, "ingest: planned");
+        let planned = std::time::Instant::now();
         // === 3. write ===
         insert_rows(
             conn,
@@ -443,6 +473,11 @@ impl Progress {
             e => e,
         })?;
 
+        tracing::debug!(
+            elapsed_ms = planned.elapsed().as_millis() as u64,
+            "ingest: rows written"
+        );
+        let written = std::time::Instant::now();
         // Milestones last: their row locks are held until commit.
         let mut events = Vec::new();
         let mut changed = Vec::new();
@@ -499,6 +534,10 @@ impl Progress {
                 owner_id: m.owner_id.clone(),
             });
         }
+        tracing::debug!(
+            elapsed_ms = written.elapsed().as_millis() as u64,
+            "ingest: milestones updated"
+        );
         self.commit_with_events(txn, events, changed).await?;
         Ok(out.into_iter().flatten().collect())
     }

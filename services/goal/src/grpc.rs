@@ -6,7 +6,7 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use milestones_api::goal as pb;
 use milestones_api::goal::goal_service_server::GoalService;
-use milestones_runtime::auth::{Caller, Role, ALL_TENANTS};
+use milestones_runtime::auth::{Caller, Role};
 use milestones_runtime::feed::{FeedItem, FeedTiming};
 use milestones_runtime::wire::micros_to_timestamp;
 use milestones_runtime::ApiError;
@@ -39,15 +39,7 @@ fn status(e: ApiError) -> Status {
 
 /// The caller, if they hold one of `roles`.
 fn caller<T>(req: &Request<T>, roles: &[Role], action: &str) -> Result<Caller, Status> {
-    let caller = Caller::of(req).map_err(status)?;
-    caller.require_any(roles, action).map_err(status)?;
-    // An all-tenants service token reads feeds; it acts in no tenant.
-    if caller.tenant_id == ALL_TENANTS && action != "WatchChanges" {
-        return Err(status(ApiError::permission_denied(format!(
-            "{action} acts in one tenant; an all-tenants token may only watch feeds"
-        ))));
-    }
-    Ok(caller)
+    Caller::authorize(req, roles, action, "WatchChanges").map_err(status)
 }
 
 /// A write's context: the caller (with one of `roles`) and the idempotency

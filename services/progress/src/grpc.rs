@@ -9,7 +9,7 @@ use milestones_api::progress as pb;
 use milestones_api::progress::progress_service_server::ProgressService;
 use milestones_domain::names::Collection;
 use milestones_domain::Violations;
-use milestones_runtime::auth::{Caller, Role, ALL_TENANTS};
+use milestones_runtime::auth::{Caller, Role};
 use milestones_runtime::feed::{FeedItem, FeedTiming};
 use milestones_runtime::wire::{micros_to_timestamp, now_micros};
 use milestones_runtime::ApiError;
@@ -42,14 +42,7 @@ fn status(e: ApiError) -> Status {
 }
 
 fn caller<T>(req: &Request<T>, roles: &[Role], action: &str) -> Result<Caller, Status> {
-    let caller = Caller::of(req).map_err(status)?;
-    caller.require_any(roles, action).map_err(status)?;
-    if caller.tenant_id == ALL_TENANTS && action != "WatchMilestoneEvents" {
-        return Err(status(ApiError::permission_denied(format!(
-            "{action} acts in one tenant; an all-tenants token may only watch feeds"
-        ))));
-    }
-    Ok(caller)
+    Caller::authorize(req, roles, action, "WatchMilestoneEvents").map_err(status)
 }
 
 type Reply<T> = Result<Response<T>, Status>;

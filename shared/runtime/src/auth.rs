@@ -83,6 +83,25 @@ impl Caller {
         }
     }
 
+    /// The caller of a request, if they hold one of `roles` for `action`.
+    /// An all-tenants token acts in no tenant: it is accepted only when
+    /// `action` is a cross-tenant feed (`feed_action`).
+    pub fn authorize<T>(
+        request: &Request<T>,
+        roles: &[Role],
+        action: &str,
+        feed_action: &str,
+    ) -> Result<Caller, ApiError> {
+        let caller = Caller::of(request)?;
+        caller.require_any(roles, action)?;
+        if caller.tenant_id == ALL_TENANTS && action != feed_action {
+            return Err(ApiError::permission_denied(format!(
+                "{action} acts in one tenant; an all-tenants token may only watch feeds"
+            )));
+        }
+        Ok(caller)
+    }
+
     /// The caller of a request that went through the [`Authenticator`].
     pub fn of<T>(request: &Request<T>) -> Result<Caller, ApiError> {
         request

@@ -401,7 +401,7 @@ impl Progress {
             _ => current,
         };
         for _ in 0..count {
-            cursor = previous_period(cursor);
+            cursor = cursor.previous();
             periods.push(cursor);
         }
         let mut out = Vec::new();
@@ -491,37 +491,3 @@ impl Progress {
 }
 
 use chrono::Datelike;
-
-/// The fiscal period of the same length just before `p`.
-fn previous_period(p: FiscalPeriod) -> FiscalPeriod {
-    match p.kind {
-        PeriodKind::Year => FiscalPeriod {
-            year: p.year - 1,
-            kind: PeriodKind::Year,
-        },
-        PeriodKind::Half(1) => FiscalPeriod {
-            year: p.year - 1,
-            kind: PeriodKind::Half(2),
-        },
-        PeriodKind::Half(h) => FiscalPeriod {
-            year: p.year,
-            kind: PeriodKind::Half(h - 1),
-        },
-        PeriodKind::Quarter(1) => FiscalPeriod {
-            year: p.year - 1,
-            kind: PeriodKind::Quarter(4),
-        },
-        PeriodKind::Quarter(q) => FiscalPeriod {
-            year: p.year,
-            kind: PeriodKind::Quarter(q - 1),
-        },
-        PeriodKind::Month(1) => FiscalPeriod {
-            year: p.year - 1,
-            kind: PeriodKind::Month(12),
-        },
-        PeriodKind::Month(m) => FiscalPeriod {
-            year: p.year,
-            kind: PeriodKind::Month(m - 1),
-        },
-    }
-}

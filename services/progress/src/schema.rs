@@ -1,7 +1,7 @@
 //! The progress service's schema and its one migration.
 //!
 //! Written as SQL because the two backends differ only in two types (the log
-//! sequence and binary columns), substituted below.
+//! sequence and binary columns), which `run_schema` substitutes.
 //!
 //! - `projection_*`: the local copy of goal's org, metrics and milestones,
 //!   fed by goal's change feed; `feed_cursors` holds how far it got.
@@ -161,14 +161,7 @@ impl MigrationName for Init {
 impl MigrationTrait for Init {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        let (seq, blob) = match db.get_database_backend() {
-            DatabaseBackend::Postgres => ("BIGSERIAL PRIMARY KEY", "BYTEA"),
-            _ => ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
-        };
-        let sql = SCHEMA.replace("{SEQ}", seq).replace("{BLOB}", blob);
-        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            db.execute_unprepared(statement).await?;
-        }
+        milestones_runtime::db::run_schema(db, SCHEMA).await?;
         if db.get_database_backend() == DatabaseBackend::Postgres {
             // Running totals are rewritten by every activity: leave room in
             // each page for HOT updates and vacuum them early, or reads slow

@@ -177,23 +177,6 @@ pub async fn team_chain(conn: &impl ConnectionTrait, tenant: &str, team: &str) -
     Ok(chain)
 }
 
-/// The team `member` belonged to on `day` (`YYYY-MM-DD`), if any.
-pub async fn team_on(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-    member: &str,
-    day: &str,
-) -> Result<Option<String>, ApiError> {
-    Ok(row(
-        conn,
-        "SELECT team_id FROM projection_memberships WHERE tenant_id = $1 AND member_id = $2 \
-         AND start_date <= $3 AND (end_date IS NULL OR end_date >= $3)",
-        vec![tenant.into(), member.into(), day.into()],
-    )
-    .await?
-    .and_then(|r| r.try_get::<String>("", "team_id").ok()))
-}
-
 /// `root` and every team below it.
 pub async fn subtree(conn: &impl ConnectionTrait, tenant: &str, root: &str) -> Result<Vec<String>, ApiError> {
     let all = rows(

@@ -120,6 +120,20 @@ impl FiscalPeriod {
         Ok(Self { year, kind })
     }
 
+    /// The period of the same length just before this one.
+    pub fn previous(&self) -> FiscalPeriod {
+        let (year, kind) = match self.kind {
+            PeriodKind::Year => (self.year - 1, PeriodKind::Year),
+            PeriodKind::Half(1) => (self.year - 1, PeriodKind::Half(2)),
+            PeriodKind::Half(h) => (self.year, PeriodKind::Half(h - 1)),
+            PeriodKind::Quarter(1) => (self.year - 1, PeriodKind::Quarter(4)),
+            PeriodKind::Quarter(q) => (self.year, PeriodKind::Quarter(q - 1)),
+            PeriodKind::Month(1) => (self.year - 1, PeriodKind::Month(12)),
+            PeriodKind::Month(m) => (self.year, PeriodKind::Month(m - 1)),
+        };
+        FiscalPeriod { year, kind }
+    }
+
     /// The period's canonical name.
     pub fn name(&self) -> String {
         match self.kind {
@@ -266,6 +280,17 @@ mod tests {
             let err = FiscalPeriod::parse(bad).expect_err(bad);
             assert!(err.contains("FY2027-Q1"), "{err}");
         }
+    }
+
+    /// Stepping back crosses fiscal years at the first period.
+    #[test]
+    fn previous_periods() {
+        let back = |s: &str| FiscalPeriod::parse(s).expect("parses").previous().name();
+        assert_eq!(back("FY2027-Q1"), "FY2026-Q4");
+        assert_eq!(back("FY2027-Q3"), "FY2027-Q2");
+        assert_eq!(back("FY2027-H1"), "FY2026-H2");
+        assert_eq!(back("FY2027-M01"), "FY2026-M12");
+        assert_eq!(back("FY2027"), "FY2026");
     }
 
     /// Adding months clamps to the end of shorter months.

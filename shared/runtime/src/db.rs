@@ -106,6 +106,21 @@ impl Deref for WriteTxn {
     }
 }
 
+/// Runs a schema script (statements separated by `;`) written once for
+/// both backends: `{SEQ}` becomes the log's sequence column and `{BLOB}` the
+/// binary column type of the connected backend.
+pub async fn run_schema(db: &impl ConnectionTrait, script: &str) -> Result<(), DbErr> {
+    let (seq, blob) = match db.get_database_backend() {
+        DatabaseBackend::Postgres => ("BIGSERIAL PRIMARY KEY", "BYTEA"),
+        _ => ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
+    };
+    let sql = script.replace("{SEQ}", seq).replace("{BLOB}", blob);
+    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        db.execute_unprepared(statement).await?;
+    }
+    Ok(())
+}
+
 fn sqlite_path(url: &str) -> Option<String> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;

@@ -2,9 +2,8 @@
 //! change log and idempotency keys.
 //!
 //! Written as SQL because the two backends differ only in two types (the log
-//! sequence and binary columns), which are substituted below.
+//! sequence and binary columns), which `run_schema` substitutes.
 
-use sea_orm::{ConnectionTrait, DatabaseBackend};
 use sea_orm_migration::prelude::*;
 
 pub struct Migration;
@@ -152,14 +151,7 @@ CREATE TABLE idempotency_keys (
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        let (seq, blob) = match db.get_database_backend() {
-            DatabaseBackend::Postgres => ("BIGSERIAL PRIMARY KEY", "BYTEA"),
-            _ => ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
-        };
-        let sql = SCHEMA.replace("{SEQ}", seq).replace("{BLOB}", blob);
-        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            db.execute_unprepared(statement).await?;
-        }
+        milestones_runtime::db::run_schema(db, SCHEMA).await?;
         Ok(())
     }
 }

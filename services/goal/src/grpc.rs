@@ -397,12 +397,7 @@ impl GoalService for GoalApi {
         let stream = items.map(|item| {
             let kind = match item.map_err(status)? {
                 FeedItem::Event(e) => {
-                    let mut event = pb::ChangeEvent::decode(e.payload.as_slice()).map_err(|err| {
-                        status(ApiError::Internal(anyhow::anyhow!(
-                            "stored event {} does not decode: {err}",
-                            e.sequence
-                        )))
-                    })?;
+                    let mut event: pb::ChangeEvent = e.decode().map_err(status)?;
                     event.sequence = e.sequence;
                     event.event_time = Some(micros_to_timestamp(e.create_time));
                     pb::watch_changes_response::Kind::Event(event)

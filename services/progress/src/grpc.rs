@@ -306,12 +306,7 @@ impl ProgressService for ProgressApi {
         let stream = items.map(|item| {
             let kind = match item.map_err(status)? {
                 FeedItem::Event(e) => {
-                    let mut event = pb::MilestoneEvent::decode(e.payload.as_slice()).map_err(|err| {
-                        status(ApiError::Internal(anyhow::anyhow!(
-                            "stored event {} does not decode: {err}",
-                            e.sequence
-                        )))
-                    })?;
+                    let mut event: pb::MilestoneEvent = e.decode().map_err(status)?;
                     event.sequence = e.sequence;
                     pb::watch_milestone_events_response::Kind::Event(event)
                 }

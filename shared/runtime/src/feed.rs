@@ -37,6 +37,15 @@ pub struct StoredEvent {
     pub payload: Vec<u8>,
 }
 
+impl StoredEvent {
+    /// The payload decoded as `E`. A stored payload that does not decode is
+    /// a bug, reported as INTERNAL.
+    pub fn decode<E: prost::Message + Default>(&self) -> Result<E, ApiError> {
+        E::decode(self.payload.as_slice())
+            .map_err(|err| ApiError::Internal(anyhow::anyhow!("stored event {} does not decode: {err}", self.sequence)))
+    }
+}
+
 /// What a feed stream yields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeedItem {

@@ -38,8 +38,9 @@ enum Command {
     /// Runs the services (all of them by default) on one port. With no
     /// configuration it uses embedded SQLite files under ./data.
     Server {
-        /// Which services to run, comma-separated (available: goal, progress).
-        #[arg(long, value_delimiter = ',', default_value = "goal,progress")]
+        /// Which services to run, comma-separated (available: goal, progress,
+        /// recognition).
+        #[arg(long, value_delimiter = ',', default_value = "goal,progress,recognition")]
         services: Vec<String>,
         /// Overrides `listen_addr`, e.g. 0.0.0.0:50051.
         #[arg(long)]
@@ -48,7 +49,7 @@ enum Command {
     /// Applies pending database migrations and exits.
     Migrate {
         /// Which services' databases to migrate, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "goal,progress")]
+        #[arg(long, value_delimiter = ',', default_value = "goal,progress,recognition")]
         services: Vec<String>,
     },
     /// Mints a development bearer token signed with the configured HS256
@@ -241,6 +242,15 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
                         let db = milestones_runtime::db::Db::connect(&url, 1).await?;
                         milestones_progress::migrate(&db).await?;
                         eprintln!("progress: migrations applied");
+                    }
+                    "recognition" => {
+                        let url = settings
+                            .recognition
+                            .database()
+                            .url_for("recognition", &settings.data_dir);
+                        let db = milestones_runtime::db::Db::connect(&url, 1).await?;
+                        milestones_recognition::migrate(&db).await?;
+                        eprintln!("recognition: migrations applied");
                     }
                     other => anyhow::bail!(
                         "unknown service {other:?}; the services are: {}",

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use milestones_goal::GoalService;
 use milestones_progress::ProgressService;
+use milestones_recognition::RecognitionService;
 use milestones_runtime::auth::Authenticator;
 use milestones_runtime::config::Settings;
 use milestones_runtime::db::Db;
@@ -15,12 +16,13 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
 /// The services `milestones server` can run.
-pub const SERVICES: &[&str] = &["goal", "progress"];
+pub const SERVICES: &[&str] = &["goal", "progress", "recognition"];
 
 /// The gRPC name a service reports health under.
 fn grpc_name(service: &str) -> &'static str {
     match service {
         "progress" => milestones_progress::SERVICE_NAME,
+        "recognition" => milestones_recognition::SERVICE_NAME,
         _ => milestones_goal::SERVICE_NAME,
     }
 }
@@ -62,6 +64,24 @@ pub async fn run(
         let progress = ProgressService::build(&settings, goal_endpoint, stop_rx.clone()).await?;
         databases.push((milestones_progress::SERVICE_NAME, progress.db().clone()));
         routes = progress.add_to(routes, auth.clone(), settings.grpc.max_message_bytes);
+    }
+    if services.iter().any(|s| s == "recognition") {
+        let local_or = |endpoint: &str| {
+            if endpoint.is_empty() {
+                format!("http://{local}")
+            } else {
+                endpoint.to_string()
+            }
+        };
+        let recognition = RecognitionService::build(
+            &settings,
+            local_or(&settings.recognition.goal_endpoint),
+            local_or(&settings.recognition.progress_endpoint),
+            stop_rx.clone(),
+        )
+        .await?;
+        databases.push((milestones_recognition::SERVICE_NAME, recognition.db().clone()));
+        routes = recognition.add_to(routes, auth.clone(), settings.grpc.max_message_bytes);
     }
     for (name, db) in databases {
         health.set(name, ServingStatus::Serving).await;

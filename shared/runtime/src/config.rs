@@ -31,6 +31,8 @@ pub struct Settings {
     pub goal: GoalSettings,
     /// The progress service's store and peers.
     pub progress: ProgressSettings,
+    /// The recognition service's store, peers and limits.
+    pub recognition: RecognitionSettings,
 }
 
 impl Default for Settings {
@@ -43,6 +45,7 @@ impl Default for Settings {
             grpc: GrpcSettings::default(),
             goal: GoalSettings::default(),
             progress: ProgressSettings::default(),
+            recognition: RecognitionSettings::default(),
         }
     }
 }
@@ -277,6 +280,48 @@ impl ProgressSettings {
     }
 }
 
+/// The recognition service's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecognitionSettings {
+    /// `postgres://...` or `sqlite://...`; empty means an SQLite file in
+    /// `data_dir`.
+    pub database_url: String,
+    /// Connection pool size.
+    pub max_connections: u32,
+    /// Where the progress service is, for its milestone event feed and
+    /// leaderboards (e.g. `http://progress:50051`); empty means this
+    /// process's own listener.
+    pub progress_endpoint: String,
+    /// Where the goal service is, for its change feed (org tree, members,
+    /// milestones); empty means this process's own listener.
+    pub goal_endpoint: String,
+    /// How many kudos one member may give per day (in the tenant's time
+    /// zone), so kudos stay meaningful and cannot be farmed.
+    pub kudos_daily_limit: u32,
+}
+
+impl Default for RecognitionSettings {
+    fn default() -> Self {
+        Self {
+            database_url: String::new(),
+            max_connections: 8,
+            progress_endpoint: String::new(),
+            goal_endpoint: String::new(),
+            kudos_daily_limit: 10,
+        }
+    }
+}
+
+impl RecognitionSettings {
+    pub fn database(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            database_url: self.database_url.clone(),
+            max_connections: self.max_connections,
+        }
+    }
+}
+
 /// Loads settings from the defaults, the optional `file` and the
 /// environment, then validates them. The error lists every problem.
 pub fn load(file: Option<&Path>) -> Result<Settings, String> {
@@ -343,6 +388,10 @@ impl Settings {
         p.extend(self.progress.database().problems("progress"));
         if self.progress.period_end_check_secs == 0 {
             p.push("progress.period_end_check_secs: must be greater than zero".to_string());
+        }
+        p.extend(self.recognition.database().problems("recognition"));
+        if !(1..=1000).contains(&self.recognition.kudos_daily_limit) {
+            p.push("recognition.kudos_daily_limit: must be from 1 to 1000".to_string());
         }
         p
     }

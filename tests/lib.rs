@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use milestones_api::goal::goal_service_client::GoalServiceClient;
 use milestones_api::progress::progress_service_client::ProgressServiceClient;
+use milestones_api::recognition::recognition_service_client::RecognitionServiceClient;
 use milestones_runtime::auth::{mint_token, Role};
 use milestones_runtime::config::Settings;
 use sea_orm::{ConnectionTrait, Database};
@@ -71,12 +72,34 @@ pub async fn fresh_database_url() -> String {
     }
 }
 
+/// The settings tests run with: the given databases, fast feeds and a
+/// short shutdown.
+pub fn test_settings(
+    goal_database_url: String,
+    progress_database_url: String,
+    recognition_database_url: String,
+) -> Settings {
+    let mut settings = Settings::default();
+    settings.goal.database_url = goal_database_url;
+    settings.goal.max_connections = 8;
+    settings.progress.database_url = progress_database_url;
+    settings.progress.period_end_check_secs = 1;
+    settings.recognition.database_url = recognition_database_url;
+    settings.grpc.feed_heartbeat_ms = 300;
+    settings.grpc.feed_poll_ms = 50;
+    settings.grpc.shutdown_drain_ms = 50;
+    settings.grpc.shutdown_grace_secs = 5;
+    settings
+}
+
 /// A running suite.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub settings: Settings,
     pub database_url: String,
     pub progress_database_url: String,
+    /// Empty unless the app runs recognition.
+    pub recognition_database_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -96,6 +119,7 @@ impl Interceptor for Bearer {
 
 pub type GoalClient = GoalServiceClient<InterceptedService<Channel, Bearer>>;
 pub type ProgressClient = ProgressServiceClient<InterceptedService<Channel, Bearer>>;
+pub type RecognitionClient = RecognitionServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// Retries `f` until it returns `Some`, for at most 10 s: progress learns
 /// about goal's changes through a feed, a moment later.
@@ -130,6 +154,17 @@ impl TestApp {
         Self::spawn_with(database_url, progress_url, &["goal", "progress"], None).await
     }
 
+    /// Starts goal, progress and recognition (as `milestones server` does)
+    /// on fresh databases.
+    pub async fn spawn_all() -> TestApp {
+        let settings = test_settings(
+            fresh_database_url().await,
+            fresh_database_url().await,
+            fresh_database_url().await,
+        );
+        Self::launch(settings, &["goal", "progress", "recognition"], None).await
+    }
+
     /// Starts `services` on the given databases; progress reads goal's
     /// feed from `goal_endpoint` (default: this server).
     pub async fn spawn_with(
@@ -138,33 +173,36 @@ impl TestApp {
         services: &[&str],
         goal_endpoint: Option<String>,
     ) -> TestApp {
-        let mut settings = Settings::default();
-        settings.progress.database_url = progress_database_url.clone();
+        let recognition = if services.contains(&"recognition") {
+            fresh_database_url().await
+        } else {
+            String::new()
+        };
+        let mut settings = test_settings(database_url, progress_database_url, recognition);
         settings.progress.goal_endpoint = goal_endpoint.unwrap_or_default();
-        settings.progress.period_end_check_secs = 1;
-        settings.goal.database_url = database_url.clone();
-        settings.goal.max_connections = 8;
-        settings.grpc.feed_heartbeat_ms = 300;
-        settings.grpc.feed_poll_ms = 50;
-        settings.grpc.shutdown_drain_ms = 50;
-        settings.grpc.shutdown_grace_secs = 5;
+        Self::launch(settings, services, None).await
+    }
+
+    /// Starts `services` with `settings`, on `addr` (e.g. the address of a
+    /// stopped app, to restart it where its peers look for it) or on an
+    /// ephemeral port, and waits until the first of them is serving.
+    pub async fn launch(settings: Settings, services: &[&str], addr: Option<SocketAddr>) -> TestApp {
         if std::env::var("TEST_LOG").is_ok() {
             milestones_runtime::telemetry::init(&settings.log);
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind ephemeral port");
+        let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("address"));
+        let listener = tokio::net::TcpListener::bind(bind).await.expect("bind test port");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let run_settings = settings.clone();
         // Build (connect, migrate) before returning, so clients can connect
         // at once: the listener is already bound.
-        let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
-        let health_of = if services.contains(&"goal".to_string()) {
-            "milestones.goal.v1.GoalService"
-        } else {
-            "milestones.progress.v1.ProgressService"
+        let health_of = match services.first().copied() {
+            Some("progress") => "milestones.progress.v1.ProgressService",
+            Some("recognition") => "milestones.recognition.v1.RecognitionService",
+            _ => "milestones.goal.v1.GoalService",
         };
+        let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
         let server = tokio::spawn(async move {
             milestones::suite::run(run_settings, &services, listener, async {
                 let _ = rx.await;
@@ -173,9 +211,10 @@ impl TestApp {
         });
         let app = TestApp {
             addr,
+            database_url: settings.goal.database_url.clone(),
+            progress_database_url: settings.progress.database_url.clone(),
+            recognition_database_url: settings.recognition.database_url.clone(),
             settings,
-            database_url,
-            progress_database_url,
             shutdown: Some(tx),
             server: Some(server),
         };
@@ -245,6 +284,18 @@ impl TestApp {
         let token = self.token(tenant, "tester", roles);
         let value = format!("Bearer {token}").parse().expect("ascii token");
         ProgressServiceClient::with_interceptor(self.channel().await, Bearer(Some(value)))
+    }
+
+    /// A recognition client for `tenant` acting as `subject` with `roles`.
+    pub async fn recognition_as(&self, tenant: &str, subject: &str, roles: &[Role]) -> RecognitionClient {
+        let token = self.token(tenant, subject, roles);
+        let value = format!("Bearer {token}").parse().expect("ascii token");
+        RecognitionServiceClient::with_interceptor(self.channel().await, Bearer(Some(value)))
+    }
+
+    /// A recognition client for `tenant` with `roles`.
+    pub async fn recognition(&self, tenant: &str, roles: &[Role]) -> RecognitionClient {
+        self.recognition_as(tenant, "tester", roles).await
     }
 
     /// A tenant admin's goal client.

@@ -6,6 +6,7 @@ mod fixtures;
 mod milestones;
 mod org;
 mod progress;
+mod recognition;
 mod rules;
 mod security;
 mod server;

@@ -60,7 +60,6 @@ impl RecognitionService {
             db,
             events: FeedNotifier::default(),
             kudos_daily_limit: settings.recognition.kudos_daily_limit,
-            progress_endpoint: progress_endpoint.clone(),
             auth: settings.auth.to_config(),
         };
         let goal = reco.clone();

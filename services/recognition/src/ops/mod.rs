@@ -31,8 +31,6 @@ pub struct Recognition {
     pub events: FeedNotifier,
     /// Most kudos one member may give per day.
     pub kudos_daily_limit: u32,
-    /// Where progress is, for leaderboards at period close.
-    pub progress_endpoint: String,
     /// For the service tokens this service calls its peers with.
     pub auth: AuthConfig,
 }

@@ -397,6 +397,76 @@ async fn retries_voids_and_no_repeated_events() {
     app.stop().await;
 }
 
+/// A revised target is a new threshold: raised, it is announced when
+/// reached; lowered below the value, at once; set back to a threshold
+/// already announced, never again.
+#[tokio::test]
+async fn revised_targets_are_new_thresholds() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mine = active(&mut goal, &ada.name, &arr, "FY2026", 1_000).await;
+    progress_of(&mut prog, &mine).await;
+    async fn revise(goal: &mut GoalClient, prog: &ProgressClient, milestone: &g::Milestone, target: i64) {
+        goal.update_milestone(g::UpdateMilestoneRequest {
+            milestone: Some(g::Milestone {
+                name: milestone.name.clone(),
+                target,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["target".into()],
+            }),
+            revision_reason: format!("target now {target}"),
+            request_id: String::new(),
+        })
+        .await
+        .expect("revise");
+        let name = format!("{}/progress", milestone.name);
+        eventually(&format!("the target to become {target}"), || {
+            let mut c = prog.clone();
+            let name = name.clone();
+            async move {
+                let got = c.get_progress(p::GetProgressRequest { name }).await.ok()?.into_inner();
+                (got.target == target).then_some(())
+            }
+        })
+        .await;
+    }
+    let reached = |events: &[p::MilestoneEvent]| -> Vec<i64> {
+        events
+            .iter()
+            .filter(|e| e.milestone == mine.name && e.kind == p::MilestoneEventKind::TargetReached as i32)
+            .map(|e| e.threshold)
+            .collect()
+    };
+
+    record(&mut prog, activity(&ada, &arr, 1_200, 2, 2, "r-1")).await;
+    value_becomes(&mut prog, &mine, 1_200).await;
+    revise(&mut goal, &prog, &mine, 2_000).await;
+    assert_eq!(reached(&events_after(&app, 0).await), vec![1_000], "not yet reached");
+    record(&mut prog, activity(&ada, &arr, 800, 2, 3, "r-2")).await;
+    value_becomes(&mut prog, &mine, 2_000).await;
+    assert_eq!(reached(&events_after(&app, 0).await), vec![1_000, 2_000]);
+    revise(&mut goal, &prog, &mine, 1_500).await;
+    assert_eq!(
+        reached(&events_after(&app, 0).await),
+        vec![1_000, 2_000, 1_500],
+        "a target lowered below the value is reached at once"
+    );
+    revise(&mut goal, &prog, &mine, 1_000).await;
+    record(&mut prog, activity(&ada, &arr, 1, 2, 4, "r-3")).await;
+    value_becomes(&mut prog, &mine, 2_001).await;
+    assert_eq!(
+        reached(&events_after(&app, 0).await),
+        vec![1_000, 2_000, 1_500],
+        "announced once"
+    );
+    app.stop().await;
+}
+
 /// A milestone whose period has ended below target gets PERIOD_ENDED and
 /// MISSED once; one that made it gets PERIOD_ENDED only.
 #[tokio::test]

@@ -499,11 +499,9 @@ impl Progress {
             let fired_before = m.fired.clone();
             // Walk the batch's activities in order to name the one that
             // crossed each threshold.
-            let mut running_before = before;
             for (activity, cumulative) in &delta.steps {
-                let value = before + cumulative;
-                m.value = value;
-                for crossing in rules::crossings(m, running_before, value, now) {
+                m.value = before + cumulative;
+                for crossing in rules::crossings(m, now) {
                     events.push(event_of(
                         m,
                         &crossing,
@@ -513,7 +511,6 @@ impl Progress {
                         now,
                     ));
                 }
-                running_before = value;
             }
             m.value = after;
             if m.fired != fired_before {

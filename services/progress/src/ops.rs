@@ -625,8 +625,7 @@ impl Progress {
         if m.value != before {
             m.value_time = Some(now);
         }
-        let after = m.value;
-        let crossings = rules::crossings(m, before, after, now);
+        let crossings = rules::crossings(m, now);
         let owner_teams = if m.owner_kind == "team" {
             store::team_chain(conn, &m.tenant_id, &m.owner_id).await?
         } else {
@@ -698,7 +697,10 @@ pub fn progress_of(
             target: c.target,
             due_date: c.due_date.map(date_to_wire),
             reached: m.value >= c.target,
-            first_reach_time: m.fired.checkpoints.get(i).copied().flatten().map(micros_to_timestamp),
+            first_reach_time: m
+                .fired
+                .first_reach(pb::MilestoneEventKind::CheckpointReached, c.target)
+                .map(micros_to_timestamp),
         })
         .collect();
     pb::Progress {

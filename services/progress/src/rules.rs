@@ -6,7 +6,7 @@ use chrono::NaiveDate;
 use milestones_api::progress as pb;
 use milestones_domain::calendar::DateRange;
 
-use crate::store::MilestoneRow;
+use crate::store::{MilestoneRow, Reached};
 
 /// A threshold crossed by a change of value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,41 +50,43 @@ pub fn split(value: i64, shares: &[u32]) -> Result<Vec<i64>, String> {
     Ok(parts.into_iter().map(|p| (p * sign) as i64).collect())
 }
 
-/// The thresholds crossed for the first time when the value went from
-/// `before` to `after`; marks them fired (at `now`) on the row.
-pub fn crossings(m: &mut MilestoneRow, before: i64, after: i64, now: i64) -> Vec<Crossing> {
-    if after <= before {
-        return Vec::new();
-    }
-    m.fired.checkpoints.resize(m.checkpoints.len(), None);
-    let mut out = Vec::new();
-    for (i, c) in m.checkpoints.iter().enumerate() {
-        if after >= c.target && m.fired.checkpoints[i].is_none() {
-            m.fired.checkpoints[i] = Some(now);
-            out.push(Crossing {
-                kind: pb::MilestoneEventKind::CheckpointReached,
-                checkpoint_index: Some(i),
-                threshold: c.target,
-            });
-        }
-    }
-    if after >= m.target && m.fired.target.is_none() {
-        m.fired.target = Some(now);
-        out.push(Crossing {
-            kind: pb::MilestoneEventKind::TargetReached,
+/// The thresholds `m.value` has reached that were never announced; marks
+/// them announced (at `now`). A threshold is its kind and value, so a dip and
+/// a recovery repeat nothing, while a raised target is a new threshold that
+/// fires when reached, and a target lowered below the value fires at once.
+pub fn crossings(m: &mut MilestoneRow, now: i64) -> Vec<Crossing> {
+    let mut candidates: Vec<Crossing> = m
+        .checkpoints
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Crossing {
+            kind: pb::MilestoneEventKind::CheckpointReached,
+            checkpoint_index: Some(i),
+            threshold: c.target,
+        })
+        .collect();
+    candidates.push(Crossing {
+        kind: pb::MilestoneEventKind::TargetReached,
+        checkpoint_index: None,
+        threshold: m.target,
+    });
+    if let Some(stretch) = m.stretch_target {
+        candidates.push(Crossing {
+            kind: pb::MilestoneEventKind::StretchReached,
             checkpoint_index: None,
-            threshold: m.target,
+            threshold: stretch,
         });
     }
-    if let Some(stretch) = m.stretch_target {
-        if after >= stretch && m.fired.stretch.is_none() {
-            m.fired.stretch = Some(now);
-            out.push(Crossing {
-                kind: pb::MilestoneEventKind::StretchReached,
-                checkpoint_index: None,
-                threshold: stretch,
-            });
-        }
+    let mut out: Vec<Crossing> = candidates
+        .into_iter()
+        .filter(|c| m.value >= c.threshold && m.fired.first_reach(c.kind, c.threshold).is_none())
+        .collect();
+    for c in &out {
+        m.fired.reached.push(Reached {
+            kind: c.kind as i32,
+            threshold: c.threshold,
+            at: now,
+        });
     }
     out.sort_by_key(|c| c.threshold);
     out
@@ -264,13 +266,13 @@ mod tests {
     }
 
     /// Crossings fire once each, in threshold order, and never on the way
-    /// down or again after a dip.
+    /// down or again after a dip; a revised threshold is a new one.
     #[test]
     fn thresholds_fire_once() {
-        let mut m = row(1_000, 0, "active");
+        let mut m = row(1_000, 2_000, "active");
         let kinds = |c: &[Crossing]| c.iter().map(|c| (c.kind, c.threshold)).collect::<Vec<_>>();
         assert_eq!(
-            kinds(&crossings(&mut m, 0, 2_000, 1)),
+            kinds(&crossings(&mut m, 1)),
             vec![
                 (pb::MilestoneEventKind::CheckpointReached, 250),
                 (pb::MilestoneEventKind::CheckpointReached, 500),
@@ -278,11 +280,34 @@ mod tests {
                 (pb::MilestoneEventKind::StretchReached, 2_000),
             ]
         );
-        assert!(crossings(&mut m, 2_000, 0, 2).is_empty());
+        m.value = 0;
+        assert!(crossings(&mut m, 2).is_empty());
+        m.value = 2_000;
         assert!(
-            crossings(&mut m, 0, 2_000, 3).is_empty(),
+            crossings(&mut m, 3).is_empty(),
             "a void and a new activity repeat nothing"
         );
-        assert_eq!(m.fired.target, Some(1));
+        assert_eq!(
+            m.fired.first_reach(pb::MilestoneEventKind::TargetReached, 1_000),
+            Some(1)
+        );
+
+        // A raised target fires when reached, once; the old one stays put.
+        m.target = 3_000;
+        assert!(crossings(&mut m, 4).is_empty());
+        m.value = 3_000;
+        assert_eq!(
+            kinds(&crossings(&mut m, 5)),
+            vec![(pb::MilestoneEventKind::TargetReached, 3_000)]
+        );
+        // Lowered below the value: fires at once.
+        m.target = 2_500;
+        assert_eq!(
+            kinds(&crossings(&mut m, 6)),
+            vec![(pb::MilestoneEventKind::TargetReached, 2_500)]
+        );
+        // Back to a threshold announced before: nothing.
+        m.target = 1_000;
+        assert!(crossings(&mut m, 7).is_empty());
     }
 }

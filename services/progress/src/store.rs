@@ -29,19 +29,35 @@ pub async fn row(conn: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> 
         .await?)
 }
 
-/// Which thresholds of a milestone have fired, and when each first did.
-/// Never cleared: a threshold fires once per milestone.
+/// Which thresholds of a milestone have been announced, and when each was
+/// first reached. Never cleared: a threshold (a kind and a value) is
+/// announced once per milestone, whatever the value does afterwards.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fired {
-    /// First-reach instant (µs) per checkpoint index; `None` if never.
     #[serde(default)]
-    pub checkpoints: Vec<Option<i64>>,
-    #[serde(default)]
-    pub target: Option<i64>,
-    #[serde(default)]
-    pub stretch: Option<i64>,
+    pub reached: Vec<Reached>,
     #[serde(default)]
     pub period_ended: bool,
+}
+
+/// One announced threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reached {
+    /// The `MilestoneEventKind` announced.
+    pub kind: i32,
+    pub threshold: i64,
+    /// First-reach instant, µs.
+    pub at: i64,
+}
+
+impl Fired {
+    /// When the threshold of `kind` at `threshold` was first reached.
+    pub fn first_reach(&self, kind: milestones_api::progress::MilestoneEventKind, threshold: i64) -> Option<i64> {
+        self.reached
+            .iter()
+            .find(|r| r.kind == kind as i32 && r.threshold == threshold)
+            .map(|r| r.at)
+    }
 }
 
 /// A tracked milestone and its running progress.

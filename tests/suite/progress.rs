@@ -321,6 +321,31 @@ async fn a_shared_deal_splits_exactly() {
     for (g, amount) in goals.iter().zip([501, 300, 200]) {
         value_becomes(&mut prog, g, amount).await;
     }
+    // Voiding takes back exactly each team's share, and the daily series
+    // of each team milestone goes back to zero with it.
+    prog.void_activity(p::VoidActivityRequest {
+        name: a.name.clone(),
+        reason: "deal lost".into(),
+        request_id: "void-shared-1".into(),
+    })
+    .await
+    .expect("void");
+    for g in &goals {
+        value_becomes(&mut prog, g, 0).await;
+        let series = prog
+            .get_time_series(p::GetTimeSeriesRequest {
+                milestone: g.name.clone(),
+                granularity: p::TimeSeriesGranularity::Day as i32,
+            })
+            .await
+            .expect("series")
+            .into_inner();
+        assert!(
+            !series.points.is_empty() && series.points.iter().all(|pt| pt.value == 0),
+            "{:?}",
+            series.points
+        );
+    }
     let bad = prog
         .record_activity(p::RecordActivityRequest {
             credit_splits: vec![

@@ -20,12 +20,13 @@ use milestones_api::progress as pb;
 use milestones_domain::calendar::format_date;
 use milestones_domain::names::Collection;
 use milestones_runtime::auth::Caller;
+use milestones_runtime::idempotency::{self, Key};
 use milestones_runtime::wire::{micros_to_timestamp, now_micros};
 use milestones_runtime::ApiError;
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Value};
 
-use crate::ops::{event_of, NewActivity, Progress, ProgressChanged};
+use crate::ops::{event_of, load_activity, NewActivity, Progress, ProgressChanged};
 use crate::rules;
 use crate::store::{self, exec, rows, Fired, MilestoneRow};
 
@@ -152,8 +153,6 @@ impl Progress {
             .flat_map(|e| std::iter::once(e.member_id.clone()).chain(e.splits.iter().map(|(m, _)| m.clone())))
             .collect();
         let known = load_known_members(conn, tenant, &member_ids).await?;
-        let parents = load_team_parents(conn, tenant).await?;
-        let stints = load_stints(conn, tenant, &member_ids).await?;
         let mut external: BTreeSet<(String, String)> = BTreeSet::new();
         for e in &entries {
             if let Some(r) = &e.external_reference {
@@ -161,23 +160,18 @@ impl Progress {
             }
         }
         let taken = load_taken_references(conn, tenant, &external).await?;
-        // Owners whose milestones a credit may count toward: the members and
-        // every team in their chains.
-        let mut team_owners: BTreeSet<String> = BTreeSet::new();
-        for member_stints in stints.values() {
-            for s in member_stints {
-                team_owners.extend(chain(&parents, &s.team));
-            }
-        }
-        let mut milestones = load_candidates(conn, tenant, &metric_ids, &member_ids, &team_owners).await?;
+        let mut scope = Scope::load(conn, tenant, &metric_ids, &member_ids).await?;
 
         let loaded = std::time::Instant::now();
-        tracing::debug!(entries = entries.len(), candidates = milestones.len(), "ingest: loaded");
+        tracing::debug!(
+            entries = entries.len(),
+            candidates = scope.milestones.len(),
+            "ingest: loaded"
+        );
         // === 2. plan ===
         let mut out: Vec<Option<pb::Activity>> = Vec::with_capacity(entries.len());
         let mut activity_rows = Vec::new();
         let mut credit_rows = Vec::new();
-        let mut contribution_rows = Vec::new();
         let mut member_daily: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
         let mut milestone_daily: BTreeMap<(String, String), i64> = BTreeMap::new();
         let mut deltas: BTreeMap<String, Delta> = BTreeMap::new();
@@ -266,40 +260,13 @@ impl Progress {
                     .or_default();
                 d.0 += amount;
                 d.1 += 1;
-                let team = stints.get(member).and_then(|ss| {
-                    ss.iter()
-                        .find(|s| s.start <= day && s.end.as_ref().is_none_or(|end| *end >= day))
-                        .map(|s| s.team.clone())
-                });
-                let team_chain = team.as_deref().map(|t| chain(&parents, t)).unwrap_or_default();
-                for m in milestones.values() {
-                    let counts = m.metric_id == e.metric_id
-                        && m.start_date <= day
-                        && day <= m.end_date
-                        && ((m.owner_kind == "member" && m.owner_id == *member)
-                            || (m.owner_kind == "team" && team_chain.contains(&m.owner_id)));
-                    if !counts {
-                        continue;
-                    }
-                    contribution_rows.push(vec![
-                        m.id.clone().into(),
-                        id.clone().into(),
-                        member.clone().into(),
-                        (*amount).into(),
-                        day.clone().into(),
-                    ]);
-                    *milestone_daily.entry((m.id.clone(), day.clone())).or_default() += amount;
-                    let delta = deltas.entry(m.id.clone()).or_default();
-                    if delta.owner_teams.is_empty() {
-                        delta.owner_teams = if m.owner_kind == "team" {
-                            team_chain.iter().skip_while(|t| **t != m.owner_id).cloned().collect()
-                        } else {
-                            team_chain.clone()
-                        };
-                    }
+                for (milestone, owner_teams) in scope.counting(member, &e.metric_id, &day) {
+                    *milestone_daily.entry((milestone.clone(), day.clone())).or_default() += amount;
+                    let delta = deltas.entry(milestone.clone()).or_default();
+                    delta.owner_teams = owner_teams;
                     delta.amount = delta.amount.saturating_add(*amount);
                     delta.steps.push((id.clone(), delta.amount));
-                    if touched_by_this.insert(m.id.clone()) {
+                    if touched_by_this.insert(milestone) {
                         delta.activities += 1;
                     }
                 }
@@ -395,47 +362,8 @@ impl Progress {
             "",
         )
         .await?;
-        insert_rows(
-            conn,
-            "milestone_contributions",
-            &["milestone_id", "activity_id", "member_id", "amount", "occurred_date"],
-            contribution_rows,
-            "",
-        )
-        .await?;
-        insert_rows(
-            conn,
-            "member_daily",
-            &["tenant_id", "member_id", "metric_id", "day", "amount", "activity_count"],
-            member_daily
-                .into_iter()
-                .map(|((member, metric, day), (amount, n))| {
-                    vec![
-                        tenant.into(),
-                        member.into(),
-                        metric.into(),
-                        day.into(),
-                        amount.into(),
-                        n.into(),
-                    ]
-                })
-                .collect(),
-            "ON CONFLICT (tenant_id, member_id, metric_id, day) DO UPDATE SET \
-             amount = member_daily.amount + excluded.amount, \
-             activity_count = member_daily.activity_count + excluded.activity_count",
-        )
-        .await?;
-        insert_rows(
-            conn,
-            "milestone_daily",
-            &["milestone_id", "day", "amount"],
-            milestone_daily
-                .into_iter()
-                .map(|((m, day), amount)| vec![m.into(), day.into(), amount.into()])
-                .collect(),
-            "ON CONFLICT (milestone_id, day) DO UPDATE SET amount = milestone_daily.amount + excluded.amount",
-        )
-        .await?;
+        upsert_member_daily(conn, tenant, member_daily).await?;
+        upsert_milestone_daily(conn, milestone_daily).await?;
         let mut key_rows = Vec::new();
         for (i, response) in &responses {
             key_rows.push(vec![
@@ -479,64 +407,309 @@ impl Progress {
         );
         let written = std::time::Instant::now();
         // Milestones last: their row locks are held until commit.
-        let mut events = Vec::new();
-        let mut changed = Vec::new();
-        for (id, delta) in deltas {
-            let Some(m) = milestones.get_mut(&id) else { continue };
-            let returned = store::row(
-                conn,
-                "UPDATE milestone_progress SET value = value + $1, activity_count = activity_count + $2, value_time = $3 \
-                 WHERE id = $4 RETURNING value, fired",
-                vec![delta.amount.into(), delta.activities.into(), now.into(), id.clone().into()],
-            )
-            .await?
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("milestone {id} vanished during ingestion")))?;
-            let after: i64 = returned.try_get("", "value")?;
-            let fired: String = returned.try_get("", "fired")?;
-            let before = after - delta.amount;
-            m.value = before;
-            m.fired = serde_json::from_str::<Fired>(&fired).unwrap_or_default();
-            let fired_before = m.fired.clone();
-            // Walk the batch's activities in order to name the one that
-            // crossed each threshold.
-            for (activity, cumulative) in &delta.steps {
-                m.value = before + cumulative;
-                for crossing in rules::crossings(m, now) {
-                    events.push(event_of(
-                        m,
-                        &crossing,
-                        &delta.owner_teams,
-                        Some(activity),
-                        &settings.calendar,
-                        now,
-                    ));
-                }
-            }
-            m.value = after;
-            if m.fired != fired_before {
-                exec(
-                    conn,
-                    "UPDATE milestone_progress SET fired = $1 WHERE id = $2",
-                    vec![
-                        serde_json::to_string(&m.fired).unwrap_or_else(|_| "{}".into()).into(),
-                        id.clone().into(),
-                    ],
-                )
-                .await?;
-            }
-            changed.push(ProgressChanged {
-                tenant_id: tenant.to_string(),
-                milestone_id: id.clone(),
-                owner_kind: m.owner_kind.clone(),
-                owner_id: m.owner_id.clone(),
-            });
-        }
+        let (events, changed) = apply_deltas(conn, &mut scope, deltas, &settings.calendar, now).await?;
         tracing::debug!(
             elapsed_ms = written.elapsed().as_millis() as u64,
             "ingest: milestones updated"
         );
         self.commit_with_events(txn, events, changed).await?;
         Ok(out.into_iter().flatten().collect())
+    }
+}
+
+/// Adds per-(member, metric, day) totals and counts.
+async fn upsert_member_daily(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    totals: BTreeMap<(String, String, String), (i64, i64)>,
+) -> Result<(), ApiError> {
+    insert_rows(
+        conn,
+        "member_daily",
+        &["tenant_id", "member_id", "metric_id", "day", "amount", "activity_count"],
+        totals
+            .into_iter()
+            .map(|((member, metric, day), (amount, n))| {
+                vec![
+                    tenant.into(),
+                    member.into(),
+                    metric.into(),
+                    day.into(),
+                    amount.into(),
+                    n.into(),
+                ]
+            })
+            .collect(),
+        "ON CONFLICT (tenant_id, member_id, metric_id, day) DO UPDATE SET \
+         amount = member_daily.amount + excluded.amount, \
+         activity_count = member_daily.activity_count + excluded.activity_count",
+    )
+    .await
+}
+
+/// Adds per-(milestone, day) totals.
+async fn upsert_milestone_daily(
+    conn: &impl ConnectionTrait,
+    totals: BTreeMap<(String, String), i64>,
+) -> Result<(), ApiError> {
+    insert_rows(
+        conn,
+        "milestone_daily",
+        &["milestone_id", "day", "amount"],
+        totals
+            .into_iter()
+            .map(|((m, day), amount)| vec![m.into(), day.into(), amount.into()])
+            .collect(),
+        "ON CONFLICT (milestone_id, day) DO UPDATE SET amount = milestone_daily.amount + excluded.amount",
+    )
+    .await
+}
+
+/// Which active milestones a credit counts toward: the credited member's
+/// own, and those of every team the member belonged to on the credit's
+/// date, up the tree. Recording and voiding both use it, so a void takes
+/// back exactly what recording added (a change of scope in between is
+/// reconciled by recomputing the milestones it affects).
+struct Scope {
+    parents: HashMap<String, Option<String>>,
+    stints: HashMap<String, Vec<Stint>>,
+    milestones: BTreeMap<String, MilestoneRow>,
+    /// Milestone ids by (owner kind, owner id).
+    by_owner: HashMap<(&'static str, String), Vec<String>>,
+}
+
+impl Scope {
+    async fn load(
+        conn: &impl ConnectionTrait,
+        tenant: &str,
+        metrics: &BTreeSet<&str>,
+        members: &BTreeSet<String>,
+    ) -> Result<Self, ApiError> {
+        let parents = load_team_parents(conn, tenant).await?;
+        let stints = load_stints(conn, tenant, members).await?;
+        let mut teams: BTreeSet<String> = BTreeSet::new();
+        for member_stints in stints.values() {
+            for s in member_stints {
+                teams.extend(chain(&parents, &s.team));
+            }
+        }
+        let milestones = load_candidates(conn, tenant, metrics, members, &teams).await?;
+        let mut by_owner: HashMap<(&'static str, String), Vec<String>> = HashMap::new();
+        for m in milestones.values() {
+            let kind = if m.owner_kind == "team" { "team" } else { "member" };
+            by_owner
+                .entry((kind, m.owner_id.clone()))
+                .or_default()
+                .push(m.id.clone());
+        }
+        Ok(Self {
+            parents,
+            stints,
+            milestones,
+            by_owner,
+        })
+    }
+
+    /// The milestones a credit to `member` for `metric` on `day` counts
+    /// toward, each with its owner's team chain (for the events).
+    fn counting(&self, member: &str, metric: &str, day: &str) -> Vec<(String, Vec<String>)> {
+        let team = self.stints.get(member).and_then(|ss| {
+            ss.iter()
+                .find(|s| s.start.as_str() <= day && s.end.as_deref().is_none_or(|end| end >= day))
+        });
+        let teams = team.map(|s| chain(&self.parents, &s.team)).unwrap_or_default();
+        let owners = std::iter::once((("member", member.to_string()), teams.clone())).chain(
+            teams
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (("team", t.clone()), teams[i..].to_vec())),
+        );
+        let mut out = Vec::new();
+        for (owner, owner_teams) in owners {
+            for id in self.by_owner.get(&owner).into_iter().flatten() {
+                let Some(m) = self.milestones.get(id) else { continue };
+                if m.metric_id == metric && m.start_date.as_str() <= day && day <= m.end_date.as_str() {
+                    out.push((id.clone(), owner_teams.clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Adds each milestone's delta relatively, in id order (so concurrent calls
+/// lock rows in one order and never lose an update), and returns the events
+/// of the thresholds reached, each attributed to the activity whose step
+/// reached it, and the milestones changed.
+async fn apply_deltas(
+    conn: &impl ConnectionTrait,
+    scope: &mut Scope,
+    deltas: BTreeMap<String, Delta>,
+    calendar: &milestones_domain::calendar::FiscalCalendar,
+    now: i64,
+) -> Result<(Vec<pb::MilestoneEvent>, Vec<ProgressChanged>), ApiError> {
+    let mut events = Vec::new();
+    let mut changed = Vec::new();
+    for (id, delta) in deltas {
+        let Some(m) = scope.milestones.get_mut(&id) else {
+            continue;
+        };
+        let returned = store::row(
+            conn,
+            "UPDATE milestone_progress SET value = value + $1, activity_count = activity_count + $2, value_time = $3 \
+             WHERE id = $4 RETURNING value, fired",
+            vec![
+                delta.amount.into(),
+                delta.activities.into(),
+                now.into(),
+                id.clone().into(),
+            ],
+        )
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("milestone {id} vanished during ingestion")))?;
+        let after: i64 = returned.try_get("", "value")?;
+        let fired: String = returned.try_get("", "fired")?;
+        let before = after - delta.amount;
+        m.fired = serde_json::from_str::<Fired>(&fired).unwrap_or_default();
+        let fired_before = m.fired.clone();
+        for (activity, cumulative) in &delta.steps {
+            m.value = before + cumulative;
+            for crossing in rules::crossings(m, now) {
+                events.push(event_of(
+                    m,
+                    &crossing,
+                    &delta.owner_teams,
+                    Some(activity),
+                    calendar,
+                    now,
+                ));
+            }
+        }
+        m.value = after;
+        if m.fired != fired_before {
+            exec(
+                conn,
+                "UPDATE milestone_progress SET fired = $1 WHERE id = $2",
+                vec![
+                    serde_json::to_string(&m.fired).unwrap_or_else(|_| "{}".into()).into(),
+                    id.clone().into(),
+                ],
+            )
+            .await?;
+        }
+        changed.push(ProgressChanged {
+            tenant_id: m.tenant_id.clone(),
+            milestone_id: id,
+            owner_kind: m.owner_kind.clone(),
+            owner_id: m.owner_id.clone(),
+        });
+    }
+    Ok((events, changed))
+}
+
+impl Progress {
+    /// Voids an activity: its credits stop counting and every active
+    /// milestone they count toward goes down by exactly their amounts.
+    /// Thresholds already announced stay announced.
+    pub async fn void(
+        &self,
+        caller: &Caller,
+        name: &str,
+        reason: &str,
+        request_id: &str,
+        request: &[u8],
+    ) -> Result<pb::Activity, ApiError> {
+        let id = name
+            .strip_prefix("activities/")
+            .filter(|id| milestones_domain::names::is_valid_id(id))
+            .ok_or_else(|| ApiError::invalid("name", format!("must be activities/{{id}}, got {name:?}")))?;
+        let tenant = caller.tenant_id.as_str();
+        let txn = self.db.begin_write().await?;
+        let key = Key {
+            tenant_id: tenant,
+            caller: &caller.subject,
+            method: "VoidActivity",
+            request_id,
+        };
+        if !request_id.is_empty() {
+            if let Some(stored) = idempotency::lookup(&*txn, &key, request).await? {
+                return pb::Activity::decode(stored.as_slice())
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored activity does not decode: {e}")));
+            }
+        }
+        let conn = &*txn;
+        let current = load_activity(conn, tenant, id).await?;
+        if current.state == pb::ActivityState::Voided as i32 {
+            return Err(ApiError::precondition(
+                "ACTIVITY_ALREADY_VOIDED",
+                name,
+                format!("{name} was already voided"),
+            ));
+        }
+        let now = now_micros();
+        let settings = store::tenant_settings(conn, tenant).await?;
+        exec(
+            conn,
+            "UPDATE activities SET state = 'voided', void_reason = $1, void_time = $2 WHERE id = $3",
+            vec![reason.into(), now.into(), id.into()],
+        )
+        .await?;
+        let mut credits: Vec<(String, String, i64, String)> = Vec::new();
+        for c in rows(
+            conn,
+            "SELECT member_id, metric_id, amount, occurred_date FROM activity_credits WHERE activity_id = $1",
+            vec![id.into()],
+        )
+        .await?
+        {
+            credits.push((
+                c.try_get("", "member_id")?,
+                c.try_get("", "metric_id")?,
+                c.try_get("", "amount")?,
+                c.try_get("", "occurred_date")?,
+            ));
+        }
+        exec(
+            conn,
+            "UPDATE activity_credits SET active = $1 WHERE activity_id = $2",
+            vec![false.into(), id.into()],
+        )
+        .await?;
+        let metrics: BTreeSet<&str> = credits.iter().map(|c| c.1.as_str()).collect();
+        let members: BTreeSet<String> = credits.iter().map(|c| c.0.clone()).collect();
+        let mut scope = Scope::load(conn, tenant, &metrics, &members).await?;
+        let mut member_daily: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
+        let mut milestone_daily: BTreeMap<(String, String), i64> = BTreeMap::new();
+        let mut deltas: BTreeMap<String, Delta> = BTreeMap::new();
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        for (member, metric, amount, day) in &credits {
+            let d = member_daily
+                .entry((member.clone(), metric.clone(), day.clone()))
+                .or_default();
+            d.0 -= amount;
+            d.1 -= 1;
+            for (milestone, owner_teams) in scope.counting(member, metric, day) {
+                *milestone_daily.entry((milestone.clone(), day.clone())).or_default() -= amount;
+                let delta = deltas.entry(milestone.clone()).or_default();
+                delta.owner_teams = owner_teams;
+                delta.amount = delta.amount.saturating_sub(*amount);
+                delta.steps = vec![(id.to_string(), delta.amount)];
+                if touched.insert(milestone) {
+                    delta.activities -= 1;
+                }
+            }
+        }
+        upsert_member_daily(conn, tenant, member_daily).await?;
+        upsert_milestone_daily(conn, milestone_daily).await?;
+        // Voiding a negative activity raises the value, which can reach a
+        // threshold: the events say so like any other.
+        let (events, changed) = apply_deltas(conn, &mut scope, deltas, &settings.calendar, now).await?;
+        let out = load_activity(conn, tenant, id).await?;
+        if !request_id.is_empty() {
+            idempotency::record(&*txn, &key, request, &out.encode_to_vec(), now).await?;
+        }
+        self.commit_with_events(txn, events, changed).await?;
+        Ok(out)
     }
 }
 

@@ -16,7 +16,7 @@ use milestones_domain::Violations;
 use milestones_runtime::auth::Caller;
 use milestones_runtime::db::{Db, WriteTxn};
 use milestones_runtime::feed::{FeedNotifier, FeedTable};
-use milestones_runtime::idempotency::{self, Key};
+use milestones_runtime::idempotency;
 use milestones_runtime::wire::{date_to_wire, micros_to_timestamp, now_micros};
 use milestones_runtime::ApiError;
 use prost::Message;
@@ -196,7 +196,11 @@ fn activity_name(id: &str) -> String {
 }
 
 /// The wire form of a stored activity.
-async fn load_activity(conn: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<pb::Activity, ApiError> {
+pub(crate) async fn load_activity(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    id: &str,
+) -> Result<pb::Activity, ApiError> {
     let r = row(
         conn,
         "SELECT id, member_id, metric_id, value, occurred_at, source, external_reference, credit_splits, state, \
@@ -305,35 +309,6 @@ async fn add_milestone_daily(
     Ok(())
 }
 
-async fn add_member_daily(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-    member: &str,
-    metric: &str,
-    day: &str,
-    delta: i64,
-    count: i64,
-) -> Result<(), ApiError> {
-    exec(
-        conn,
-        "INSERT INTO member_daily (tenant_id, member_id, metric_id, day, amount, activity_count) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (tenant_id, member_id, metric_id, day) DO UPDATE SET \
-         amount = member_daily.amount + excluded.amount, \
-         activity_count = member_daily.activity_count + excluded.activity_count",
-        vec![
-            tenant.into(),
-            member.into(),
-            metric.into(),
-            day.into(),
-            delta.into(),
-            count.into(),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
 impl Progress {
     /// Appends `events` to the feed, commits, then wakes feed and progress
     /// watchers.
@@ -356,118 +331,6 @@ impl Progress {
             let _ = self.changes.send(c);
         }
         Ok(())
-    }
-
-    /// Voids an activity: its credits stop counting and every milestone it
-    /// added to goes down by exactly what it added. Thresholds already
-    /// crossed stay fired.
-    pub async fn void(
-        &self,
-        caller: &Caller,
-        name: &str,
-        reason: &str,
-        request_id: &str,
-        request: &[u8],
-    ) -> Result<pb::Activity, ApiError> {
-        let id = name
-            .strip_prefix("activities/")
-            .filter(|id| milestones_domain::names::is_valid_id(id))
-            .ok_or_else(|| ApiError::invalid("name", format!("must be activities/{{id}}, got {name:?}")))?;
-        let tenant = caller.tenant_id.as_str();
-        let txn = self.db.begin_write().await?;
-        let key = Key {
-            tenant_id: tenant,
-            caller: &caller.subject,
-            method: "VoidActivity",
-            request_id,
-        };
-        if !request_id.is_empty() {
-            if let Some(stored) = idempotency::lookup(&*txn, &key, request).await? {
-                return pb::Activity::decode(stored.as_slice())
-                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored activity does not decode: {e}")));
-            }
-        }
-        let conn = &*txn;
-        let current = load_activity(conn, tenant, id).await?;
-        if current.state == pb::ActivityState::Voided as i32 {
-            return Err(ApiError::precondition(
-                "ACTIVITY_ALREADY_VOIDED",
-                name,
-                format!("{name} was already voided"),
-            ));
-        }
-        let now = now_micros();
-        exec(
-            conn,
-            "UPDATE activities SET state = 'voided', void_reason = $1, void_time = $2 WHERE id = $3",
-            vec![reason.into(), now.into(), id.into()],
-        )
-        .await?;
-        let credits = rows(
-            conn,
-            "SELECT member_id, metric_id, amount, occurred_date FROM activity_credits WHERE activity_id = $1",
-            vec![id.into()],
-        )
-        .await?;
-        for c in &credits {
-            let member: String = c.try_get("", "member_id")?;
-            let metric: String = c.try_get("", "metric_id")?;
-            let amount: i64 = c.try_get("", "amount")?;
-            let day: String = c.try_get("", "occurred_date")?;
-            add_member_daily(conn, tenant, &member, &metric, &day, -amount, -1).await?;
-        }
-        exec(
-            conn,
-            "UPDATE activity_credits SET active = $1 WHERE activity_id = $2",
-            vec![false.into(), id.into()],
-        )
-        .await?;
-        let contributions = rows(
-            conn,
-            "SELECT milestone_id, amount, occurred_date FROM milestone_contributions WHERE activity_id = $1",
-            vec![id.into()],
-        )
-        .await?;
-        let mut per_milestone: BTreeMap<String, i64> = BTreeMap::new();
-        for c in &contributions {
-            let m: String = c.try_get("", "milestone_id")?;
-            let amount: i64 = c.try_get("", "amount")?;
-            let day: String = c.try_get("", "occurred_date")?;
-            add_milestone_daily(conn, &m, &day, -amount).await?;
-            *per_milestone.entry(m).or_default() += amount;
-        }
-        exec(
-            conn,
-            "DELETE FROM milestone_contributions WHERE activity_id = $1",
-            vec![id.into()],
-        )
-        .await?;
-        let mut changed = Vec::new();
-        for (mid, amount) in per_milestone {
-            let Some(mut m) = store::milestones_where(conn, "id = $1", vec![mid.into()])
-                .await?
-                .into_iter()
-                .next()
-            else {
-                continue;
-            };
-            m.value = m.value.saturating_sub(amount);
-            m.activity_count -= 1;
-            m.value_time = Some(now);
-            m.save_progress(conn).await?;
-            changed.push(ProgressChanged {
-                tenant_id: tenant.to_string(),
-                milestone_id: m.id.clone(),
-                owner_kind: m.owner_kind.clone(),
-                owner_id: m.owner_id.clone(),
-            });
-        }
-        let out = load_activity(conn, tenant, id).await?;
-        if !request_id.is_empty() {
-            idempotency::record(&*txn, &key, request, &out.encode_to_vec(), now).await?;
-        }
-        self.commit_with_events(txn, Vec::new(), changed).await?;
-        Ok(out)
     }
 
     /// Recomputes the milestones named in `r` from the credits, within the
@@ -580,12 +443,6 @@ impl Progress {
         };
         exec(
             conn,
-            "DELETE FROM milestone_contributions WHERE milestone_id = $1",
-            vec![m.id.clone().into()],
-        )
-        .await?;
-        exec(
-            conn,
             "DELETE FROM milestone_daily WHERE milestone_id = $1",
             vec![m.id.clone().into()],
         )
@@ -596,22 +453,8 @@ impl Progress {
         let mut daily: BTreeMap<String, i64> = BTreeMap::new();
         for c in &credits {
             let activity: String = c.try_get("", "activity_id")?;
-            let member: String = c.try_get("", "member_id")?;
             let amount: i64 = c.try_get("", "amount")?;
             let day: String = c.try_get("", "occurred_date")?;
-            exec(
-                conn,
-                "INSERT INTO milestone_contributions (milestone_id, activity_id, member_id, amount, occurred_date) \
-                 VALUES ($1, $2, $3, $4, $5)",
-                vec![
-                    m.id.clone().into(),
-                    activity.clone().into(),
-                    member.into(),
-                    amount.into(),
-                    day.clone().into(),
-                ],
-            )
-            .await?;
             total += i128::from(amount);
             activities.insert(activity);
             *daily.entry(day).or_default() += amount;

@@ -284,12 +284,6 @@ async fn apply(txn: &WriteTxn, event: &goal_pb::ChangeEvent, reconcile: &mut Rec
                 // Drafts are not tracked.
                 exec(
                     conn,
-                    "DELETE FROM milestone_contributions WHERE milestone_id = $1",
-                    vec![id.clone().into()],
-                )
-                .await?;
-                exec(
-                    conn,
                     "DELETE FROM milestone_daily WHERE milestone_id = $1",
                     vec![id.clone().into()],
                 )

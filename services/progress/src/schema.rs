@@ -8,9 +8,10 @@
 //! - `activities` and `activity_credits`: what was recorded, and who got how
 //!   much of it.
 //! - `milestone_progress`: one row per tracked milestone with its running
-//!   value and which thresholds have fired; `milestone_contributions` says
-//!   which activity added how much to which milestone, so a void subtracts
-//!   exactly what was added.
+//!   value and which thresholds have been announced. Which milestones a
+//!   credit counts toward is derived (member, team chain on its date,
+//!   metric, period), not stored: a void subtracts what recording added by
+//!   deriving the same set.
 //! - `member_daily` and `milestone_daily`: per-day totals that keep
 //!   leaderboards, time series and history independent of the number of
 //!   activities.
@@ -178,13 +179,35 @@ impl MigrationTrait for Init {
     }
 }
 
+/// Drops the per-(milestone, activity) contribution rows: five rows per
+/// activity for a fact that can be derived, and most of ingestion's writes.
+pub struct DropContributions;
+
+impl MigrationName for DropContributions {
+    fn name(&self) -> &str {
+        "m20261128_000002_drop_contributions"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)]
+impl MigrationTrait for DropContributions {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared("DROP TABLE IF EXISTS milestone_contributions")
+            .await?;
+        Ok(())
+    }
+}
+
 /// The progress service's migrations.
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init)]
+        vec![Box::new(Init), Box::new(DropContributions)]
     }
 
     fn migration_table_name() -> DynIden {

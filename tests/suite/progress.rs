@@ -1115,6 +1115,26 @@ async fn concurrent_and_retried_writes_count_exactly_once() {
     }
     let got = value_becomes(&mut prog, &team_goal, 1 + 4 * 10 * 10).await;
     assert_eq!(got.activity_count, 1 + 40);
+
+    // Concurrent calls are recorded together; one bad call among them gets
+    // its own error and costs the others nothing.
+    let calls = (0..24).map(|i| {
+        let mut c = prog.clone();
+        let mut req = activity(&reps[i % 4], &arr, 1, 4, 1, &format!("burst-{i}"));
+        if i % 6 == 5 {
+            req.member = "members/nobody".into();
+        }
+        async move { c.record_activity(req).await }
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(a) => assert!(i % 6 != 5, "burst-{i} recorded {a:?}"),
+            Err(s) => assert!(i % 6 == 5 && s.code() == Code::NotFound, "burst-{i}: {s:?}"),
+        }
+    }
+    let got = value_becomes(&mut prog, &team_goal, 1 + 4 * 10 * 10 + 20).await;
+    assert_eq!(got.activity_count, 1 + 40 + 20);
     let batch = prog
         .record_activities(p::RecordActivitiesRequest {
             requests: vec![

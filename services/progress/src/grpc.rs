@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::group_commit::GroupCommit;
 use crate::ops::{parse_activity, parse_progress_name, Progress, EVENT_LOG, MAX_BATCH};
 
 /// `ErrorInfo.domain` of every error this service returns.
@@ -33,6 +34,8 @@ const MAX_BATCH_GET: usize = 100;
 #[derive(Clone)]
 pub struct ProgressApi {
     pub progress: Progress,
+    /// Merges concurrent unary RecordActivity calls into one transaction.
+    pub group_commit: GroupCommit,
     pub timing: FeedTiming,
     pub stop_feeds: watch::Receiver<bool>,
 }
@@ -56,14 +59,7 @@ impl ProgressService for ProgressApi {
     async fn record_activity(&self, req: Request<pb::RecordActivityRequest>) -> Reply<pb::Activity> {
         let caller = caller(&req, WRITERS, "RecordActivity")?;
         let entry = parse_activity("", req.get_ref(), now_micros()).map_err(|v| status(v.into()))?;
-        let mut out = self
-            .progress
-            .record(&caller, vec![entry], false)
-            .await
-            .map_err(status)?;
-        out.pop()
-            .map(Response::new)
-            .ok_or_else(|| status(ApiError::Internal(anyhow::anyhow!("record returned nothing"))))
+        reply(self.group_commit.record(caller, entry).await)
     }
 
     async fn record_activities(

@@ -3,13 +3,16 @@
 //!
 //! # Layout
 //! - [`grpc`]: the tonic service.
-//! - [`ops`]: recording and voiding with incremental rollups; reconciling.
+//! - [`ingest`]: recording and voiding with incremental rollups.
+//! - [`group_commit`]: concurrent unary calls recorded in one transaction.
+//! - [`ops`]: shared pieces, reconciling, snapshots.
 //! - [`reads`]: activities, leaderboards, time series, history.
 //! - [`projection`]: the copy of goal's data, fed by goal's change feed.
 //! - [`period_end`]: MISSED and PERIOD_ENDED events when periods close.
 //! - [`rules`]: crossings, splits and pace on stored rows.
 //! - [`store`] and [`schema`]: queries and the schema.
 
+pub mod group_commit;
 pub mod grpc;
 pub mod ingest;
 pub mod ops;
@@ -69,6 +72,7 @@ impl ProgressService {
         ));
         Ok(Self {
             api: ProgressApi {
+                group_commit: group_commit::GroupCommit::start(progress.clone()),
                 progress,
                 timing: FeedTiming::from_settings(&settings.grpc),
                 stop_feeds: stop,

@@ -27,7 +27,7 @@ use crate::ops::{NewActivity, Progress};
 /// Batches being written at once. More than one lets a batch load and
 /// insert while another waits for its flush; beyond a few they only queue
 /// on the same milestone rows.
-const WRITERS: usize = 4;
+const WRITERS: usize = 2;
 
 /// Most calls merged into one transaction.
 const MAX_MERGED: usize = 512;

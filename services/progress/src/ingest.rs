@@ -362,8 +362,6 @@ impl Progress {
             "",
         )
         .await?;
-        upsert_member_daily(conn, tenant, member_daily).await?;
-        upsert_milestone_daily(conn, milestone_daily).await?;
         let mut key_rows = Vec::new();
         for (i, response) in &responses {
             key_rows.push(vec![
@@ -406,7 +404,10 @@ impl Progress {
             "ingest: rows written"
         );
         let written = std::time::Instant::now();
-        // Milestones last: their row locks are held until commit.
+        // Running totals last: every concurrent call wants the same rows,
+        // whose locks are held until commit.
+        upsert_member_daily(conn, tenant, member_daily).await?;
+        upsert_milestone_daily(conn, milestone_daily).await?;
         let (events, changed) = apply_deltas(conn, &mut scope, deltas, &settings.calendar, now).await?;
         tracing::debug!(
             elapsed_ms = written.elapsed().as_millis() as u64,
@@ -548,61 +549,87 @@ async fn apply_deltas(
     calendar: &milestones_domain::calendar::FiscalCalendar,
     now: i64,
 ) -> Result<(Vec<pb::MilestoneEvent>, Vec<ProgressChanged>), ApiError> {
+    let backend = conn.get_database_backend();
+    let deltas: Vec<(String, Delta)> = deltas
+        .into_iter()
+        .filter(|(id, _)| scope.milestones.contains_key(id))
+        .collect();
+    // Two statements per chunk rather than two per milestone: a bulk batch
+    // touches every rep's milestone. Rows are locked in id order, so
+    // concurrent batches queue instead of deadlocking, and read under the
+    // lock, so the thresholds reached are decided on the current values.
     let mut events = Vec::new();
     let mut changed = Vec::new();
-    for (id, delta) in deltas {
-        let Some(m) = scope.milestones.get_mut(&id) else {
-            continue;
+    for chunk in deltas.chunks(MAX_PARAMS / 4) {
+        let ids: Vec<Value> = chunk.iter().map(|(id, _)| Value::from(id.clone())).collect();
+        let lock = if backend == DatabaseBackend::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
         };
-        let returned = store::row(
-            conn,
-            "UPDATE milestone_progress SET value = value + $1, activity_count = activity_count + $2, value_time = $3 \
-             WHERE id = $4 RETURNING value, fired",
-            vec![
-                delta.amount.into(),
-                delta.activities.into(),
-                now.into(),
-                id.clone().into(),
-            ],
-        )
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("milestone {id} vanished during ingestion")))?;
-        let after: i64 = returned.try_get("", "value")?;
-        let fired: String = returned.try_get("", "fired")?;
-        let before = after - delta.amount;
-        m.fired = serde_json::from_str::<Fired>(&fired).unwrap_or_default();
-        let fired_before = m.fired.clone();
-        for (activity, cumulative) in &delta.steps {
-            m.value = before + cumulative;
-            for crossing in rules::crossings(m, now) {
-                events.push(event_of(
-                    m,
-                    &crossing,
-                    &delta.owner_teams,
-                    Some(activity),
-                    calendar,
-                    now,
-                ));
+        let sql = format!(
+            "SELECT id, value, fired FROM milestone_progress WHERE id IN ({}) ORDER BY id{lock}",
+            placeholders_for(backend, 1, chunk.len())
+        );
+        let mut current: HashMap<String, (i64, String)> = HashMap::new();
+        for r in rows(conn, &sql, ids).await? {
+            current.insert(r.try_get("", "id")?, (r.try_get("", "value")?, r.try_get("", "fired")?));
+        }
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 4 + 1);
+        let mut tuples: Vec<String> = Vec::with_capacity(chunk.len());
+        for (id, delta) in chunk {
+            let (Some(m), Some((before, fired))) = (scope.milestones.get_mut(id), current.get(id)) else {
+                // Gone since planning (deleted by the projection): nothing
+                // left to count toward.
+                continue;
+            };
+            m.fired = serde_json::from_str::<Fired>(fired).unwrap_or_default();
+            for (activity, cumulative) in &delta.steps {
+                m.value = before + cumulative;
+                for crossing in rules::crossings(m, now) {
+                    events.push(event_of(
+                        m,
+                        &crossing,
+                        &delta.owner_teams,
+                        Some(activity),
+                        calendar,
+                        now,
+                    ));
+                }
             }
+            m.value = before + delta.amount;
+            let p = placeholders_for(backend, values.len() + 1, 4);
+            let p: Vec<&str> = p.split(", ").collect();
+            tuples.push(format!(
+                "({}, CAST({} AS BIGINT), CAST({} AS BIGINT), {})",
+                p[0], p[1], p[2], p[3]
+            ));
+            values.extend([
+                Value::from(id.clone()),
+                Value::from(delta.amount),
+                Value::from(delta.activities),
+                Value::from(serde_json::to_string(&m.fired).unwrap_or_else(|_| "{}".into())),
+            ]);
+            changed.push(ProgressChanged {
+                tenant_id: m.tenant_id.clone(),
+                milestone_id: id.clone(),
+                owner_kind: m.owner_kind.clone(),
+                owner_id: m.owner_id.clone(),
+            });
         }
-        m.value = after;
-        if m.fired != fired_before {
-            exec(
-                conn,
-                "UPDATE milestone_progress SET fired = $1 WHERE id = $2",
-                vec![
-                    serde_json::to_string(&m.fired).unwrap_or_else(|_| "{}".into()).into(),
-                    id.clone().into(),
-                ],
-            )
-            .await?;
+        if tuples.is_empty() {
+            continue;
         }
-        changed.push(ProgressChanged {
-            tenant_id: m.tenant_id.clone(),
-            milestone_id: id,
-            owner_kind: m.owner_kind.clone(),
-            owner_id: m.owner_id.clone(),
-        });
+        let now_placeholder = placeholders_for(backend, values.len() + 1, 1);
+        values.push(now.into());
+        let sql = format!(
+            "WITH d(id, delta, n, fired) AS (VALUES {}) \
+             UPDATE milestone_progress SET value = milestone_progress.value + d.delta, \
+             activity_count = milestone_progress.activity_count + d.n, fired = d.fired, \
+             value_time = {now_placeholder} FROM d WHERE milestone_progress.id = d.id",
+            tuples.join(", ")
+        );
+        exec(conn, &sql, values).await?;
     }
     Ok((events, changed))
 }

@@ -319,11 +319,19 @@ impl Progress {
         changed: Vec<ProgressChanged>,
     ) -> Result<(), ApiError> {
         let now = now_micros();
-        for e in &events {
-            EVENT_LOG.append(&*txn, &e.tenant_id, e.encode_to_vec(), now).await?;
-        }
+        let has_events = !events.is_empty();
+        EVENT_LOG
+            .append_all(
+                &*txn,
+                events
+                    .iter()
+                    .map(|e| (e.tenant_id.clone(), e.encode_to_vec()))
+                    .collect(),
+                now,
+            )
+            .await?;
         txn.commit().await?;
-        if !events.is_empty() {
+        if has_events {
             self.events.notify();
         }
         for c in changed {

@@ -83,6 +83,52 @@ impl FeedNotifier {
 }
 
 impl FeedTable {
+    /// Appends events, in order, inside `txn`: one lock and one statement
+    /// per 1,000 events rather than two round trips each.
+    pub async fn append_all(
+        &self,
+        txn: &impl ConnectionTrait,
+        events: Vec<(String, Vec<u8>)>,
+        now_micros: i64,
+    ) -> Result<(), ApiError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let backend = txn.get_database_backend();
+        if backend == DatabaseBackend::Postgres {
+            txn.execute(Statement::from_sql_and_values(
+                backend,
+                "SELECT pg_advisory_xact_lock($1)",
+                [Value::from(self.lock_key)],
+            ))
+            .await?;
+        }
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let mut values: Vec<Value> = Vec::new();
+            let mut tuples: Vec<String> = Vec::new();
+            for (tenant_id, payload) in events.by_ref().take(1_000) {
+                let n = values.len();
+                tuples.push(if backend == DatabaseBackend::Postgres {
+                    format!("(${}, ${}, ${})", n + 1, n + 2, n + 3)
+                } else {
+                    "(?, ?, ?)".to_string()
+                });
+                values.extend([Value::from(tenant_id), Value::from(payload), Value::from(now_micros)]);
+            }
+            // Multi-row VALUES insert in list order on both backends, so
+            // sequences follow the order given.
+            let sql = format!(
+                "INSERT INTO {} (tenant_id, payload, create_time) VALUES {}",
+                self.table,
+                tuples.join(", ")
+            );
+            txn.execute(Statement::from_sql_and_values(backend, sql, values))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Appends an event inside `txn` and returns its sequence.
     pub async fn append(
         &self,

@@ -501,6 +501,11 @@ async fn ended_periods_publish_missed_once() {
     let mut prog = app.progress("acme", &[Role::Service]).await;
     let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
     let bob = member(&mut goal, "Bob", g::MemberRole::Rep).await;
+    let sales = team(&mut goal, "Sales", "").await;
+    let emea = team(&mut goal, "EMEA", &sales.name).await;
+    membership(&mut goal, &ada, &emea, date(2025, 1, 1), None)
+        .await
+        .expect("membership");
     let arr = revenue_metric(&mut goal, "ARR").await;
     let missed = active(&mut goal, &ada.name, &arr, "FY2026-Q1", 1_000).await;
     let made = active(&mut goal, &bob.name, &arr, "FY2026-Q1", 10).await;
@@ -520,6 +525,13 @@ async fn ended_periods_publish_missed_once() {
         kinds_for(&events, &missed),
         vec![p::MilestoneEventKind::PeriodEnded, p::MilestoneEventKind::Missed]
     );
+    for e in events.iter().filter(|e| e.milestone == missed.name) {
+        assert_eq!(
+            e.owner_teams,
+            vec![emea.name.clone(), sales.name.clone()],
+            "a rep's period-end events name the teams she was in"
+        );
+    }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let events = events_after(&app, 0).await;
     assert_eq!(kinds_for(&events, &missed).len(), 2, "not repeated by later checks");

@@ -392,7 +392,7 @@ impl Progress {
             if m.state != "active" {
                 continue;
             }
-            events.extend(self.recompute(conn, &mut m, &settings.calendar).await?);
+            events.extend(self.recompute(conn, &mut m, &settings).await?);
             changed.push(ProgressChanged {
                 tenant_id: m.tenant_id.clone(),
                 milestone_id: m.id.clone(),
@@ -409,8 +409,9 @@ impl Progress {
         &self,
         conn: &impl ConnectionTrait,
         m: &mut MilestoneRow,
-        calendar: &milestones_domain::calendar::FiscalCalendar,
+        settings: &milestones_domain::tenant::TenantSettings,
     ) -> Result<Vec<pb::MilestoneEvent>, ApiError> {
+        let calendar = &settings.calendar;
         let credits = if m.owner_kind == "member" {
             rows(
                 conn,
@@ -477,10 +478,12 @@ impl Progress {
             m.value_time = Some(now);
         }
         let crossings = rules::crossings(m, now);
-        let owner_teams = if m.owner_kind == "team" {
-            store::team_chain(conn, &m.tenant_id, &m.owner_id).await?
-        } else {
+        let owner_teams = if crossings.is_empty() {
             Vec::new()
+        } else {
+            // As of the period's last day or today, whichever comes first.
+            let today = milestones_domain::calendar::format_date(settings.today(Utc::now()));
+            store::owner_teams_on(conn, m, m.end_date.as_str().min(today.as_str())).await?
         };
         let events = crossings
             .iter()

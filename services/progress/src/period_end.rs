@@ -57,11 +57,8 @@ impl Progress {
             }
             m.fired.period_ended = true;
             let now = milestones_runtime::wire::now_micros();
-            let owner_teams = if m.owner_kind == "team" {
-                store::team_chain(&*txn, &m.tenant_id, &m.owner_id).await?
-            } else {
-                Vec::new()
-            };
+            // The period's last day: who the owner belonged to when it ended.
+            let owner_teams = store::owner_teams_on(&*txn, &m, &m.end_date).await?;
             let mut events = vec![event_of(
                 &m,
                 &Crossing {

@@ -193,6 +193,27 @@ pub async fn team_chain(conn: &impl ConnectionTrait, tenant: &str, team: &str) -
     Ok(chain)
 }
 
+/// The teams a milestone's owner belonged to on `day` (`YYYY-MM-DD`),
+/// nearest first, as milestone events name them: a team and its ancestors,
+/// or a member's team on that day and its ancestors (none when the member
+/// was in no team then).
+pub async fn owner_teams_on(conn: &impl ConnectionTrait, m: &MilestoneRow, day: &str) -> Result<Vec<String>, ApiError> {
+    if m.owner_kind == "team" {
+        return team_chain(conn, &m.tenant_id, &m.owner_id).await;
+    }
+    let team = row(
+        conn,
+        "SELECT team_id FROM projection_memberships WHERE tenant_id = $1 AND member_id = $2 \
+         AND start_date <= $3 AND (end_date IS NULL OR end_date >= $3) ORDER BY start_date DESC LIMIT 1",
+        vec![m.tenant_id.clone().into(), m.owner_id.clone().into(), day.into()],
+    )
+    .await?;
+    match team {
+        Some(r) => team_chain(conn, &m.tenant_id, &r.try_get::<String>("", "team_id")?).await,
+        None => Ok(Vec::new()),
+    }
+}
+
 /// `root` and every team below it.
 pub async fn subtree(conn: &impl ConnectionTrait, tenant: &str, root: &str) -> Result<Vec<String>, ApiError> {
     let all = rows(

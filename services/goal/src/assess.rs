@@ -90,6 +90,7 @@ impl Assessor {
         match format!("Bearer {token}").parse() {
             Ok(v) => {
                 request.metadata_mut().insert("authorization", v);
+                milestones_runtime::telemetry::inject(request.metadata_mut());
             }
             Err(_) => return unavailable("no service token"),
         }

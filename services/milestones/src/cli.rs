@@ -209,7 +209,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Server { services, listen } => {
-            telemetry::init(&settings.log);
+            let telemetry = telemetry::start(&settings.log, &settings.telemetry)?;
             if let Some(addr) = listen {
                 settings.listen_addr = addr;
             }
@@ -225,7 +225,9 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
                 "Sales Milestones is listening on {}.\nGet a development token with:\n  export MILESTONES_TOKEN=$(milestones token --tenant demo --subject you --role admin)\nthen try: milestones teams list",
                 listener.local_addr()?
             );
-            suite::run(settings, &services, listener, shutdown_signal()).await
+            let served = suite::run(settings, &services, listener, shutdown_signal()).await;
+            telemetry.shutdown();
+            served
         }
         Command::Migrate { services } => {
             telemetry::init(&settings.log);

@@ -177,6 +177,9 @@ impl Progress {
         let mut deltas: BTreeMap<String, Delta> = BTreeMap::new();
         let mut seen_references: BTreeSet<(String, String)> = BTreeSet::new();
         let mut responses: Vec<(usize, pb::Activity)> = Vec::new();
+        // Each event continues the trace of the call that recorded its
+        // activity (calls are merged into one transaction).
+        let mut traces: HashMap<String, &str> = HashMap::new();
         for (i, e) in entries.iter().enumerate() {
             if let Some(stored) = replays.get(&i) {
                 out.push(Some(stored.clone()));
@@ -305,6 +308,9 @@ impl Progress {
                 create_time: Some(micros_to_timestamp(now)),
                 recorded_by: caller.subject.clone(),
             };
+            if !e.trace_parent.is_empty() {
+                traces.insert(response.name.clone(), e.trace_parent.as_str());
+            }
             responses.push((i, response.clone()));
             out.push(Some(response));
         }
@@ -408,12 +414,18 @@ impl Progress {
         // whose locks are held until commit.
         upsert_member_daily(conn, tenant, member_daily).await?;
         upsert_milestone_daily(conn, milestone_daily).await?;
-        let (events, changed) = apply_deltas(conn, &mut scope, deltas, &settings.calendar, now).await?;
+        let (mut events, changed) = apply_deltas(conn, &mut scope, deltas, &settings.calendar, now).await?;
+        for event in &mut events {
+            if let Some(trace) = traces.get(&event.activity) {
+                event.trace_parent = trace.to_string();
+            }
+        }
         tracing::debug!(
             elapsed_ms = written.elapsed().as_millis() as u64,
             "ingest: milestones updated"
         );
         self.commit_with_events(txn, events, changed).await?;
+        milestones_runtime::telemetry::record_ingested(responses.len(), batch);
         Ok(out.into_iter().flatten().collect())
     }
 }

@@ -79,6 +79,9 @@ pub struct NewActivity {
     pub request_id: String,
     /// The request as sent, `request_id` cleared, for idempotency.
     pub request: Vec<u8>,
+    /// The W3C trace context of the call, for the events it causes (the
+    /// call may be recorded in another task's transaction).
+    pub trace_parent: String,
 }
 
 /// Parses and checks one RecordActivityRequest; violations are reported
@@ -188,6 +191,7 @@ pub fn parse_activity(prefix: &str, req: &pb::RecordActivityRequest, now: i64) -
         splits,
         request_id: req.request_id.clone(),
         request: clean.encode_to_vec(),
+        trace_parent: milestones_runtime::telemetry::current_traceparent(),
     })
 }
 
@@ -289,6 +293,7 @@ pub fn event_of(
         start_date: period.map(|p| date_to_wire(p.start())),
         end_date: period.map(|p| date_to_wire(p.end())),
         fiscal_period: period.and_then(|p| calendar.name_of(&p)).unwrap_or_default(),
+        trace_parent: milestones_runtime::telemetry::current_traceparent(),
     }
 }
 

@@ -15,11 +15,13 @@ use milestones_domain::calendar::format_date;
 use milestones_domain::names::Collection;
 use milestones_runtime::auth::{mint_token, AuthConfig, Role, ALL_TENANTS};
 use milestones_runtime::db::WriteTxn;
+use milestones_runtime::telemetry::feed_span;
 use milestones_runtime::wire::date_from_wire;
 use milestones_runtime::ApiError;
 use sea_orm::{ConnectionTrait, Statement, Value};
 use tokio::sync::watch;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::ops::{Progress, Reconcile};
 
@@ -81,7 +83,14 @@ async fn consume(progress: &Progress, endpoint: &str, auth: &AuthConfig) -> anyh
         .into_inner();
     while let Some(msg) = stream.message().await? {
         if let Some(goal_pb::watch_changes_response::Kind::Event(event)) = msg.kind {
-            progress.apply_goal_change(event).await?;
+            let span = feed_span(
+                "goal.changes",
+                "progress",
+                event.sequence,
+                &event.trace_parent,
+                event.event_time.as_ref(),
+            );
+            progress.apply_goal_change(event).instrument(span).await?;
         }
     }
     Ok(())

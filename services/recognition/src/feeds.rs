@@ -20,6 +20,7 @@ use milestones_api::recognition as pb;
 use milestones_domain::calendar::format_date;
 use milestones_domain::names::{Collection, Owner};
 use milestones_runtime::auth::{mint_token, AuthConfig, Role, ALL_TENANTS};
+use milestones_runtime::telemetry::feed_span;
 use milestones_runtime::wire::{date_from_wire, date_to_wire, now_micros};
 use milestones_runtime::ApiError;
 use prost::Message;
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+use tracing::Instrument;
 
 use crate::domain::competition_ranks;
 use crate::ops::awards::{candidate_rules, complete_owner_teams, EventFacts, Standings};
@@ -83,6 +85,7 @@ pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         req.metadata_mut().insert("authorization", self.0.clone());
+        milestones_runtime::telemetry::inject(req.metadata_mut());
         Ok(req)
     }
 }
@@ -112,7 +115,14 @@ pub async fn consume_goal(reco: &Recognition, endpoint: &str) -> anyhow::Result<
         .into_inner();
     while let Some(msg) = stream.message().await? {
         if let Some(goal_pb::watch_changes_response::Kind::Event(event)) = msg.kind {
-            reco.apply_goal_change(&event).await?;
+            let span = feed_span(
+                "goal.changes",
+                "recognition",
+                event.sequence,
+                &event.trace_parent,
+                event.event_time.as_ref(),
+            );
+            reco.apply_goal_change(&event).instrument(span).await?;
         }
     }
     Ok(())
@@ -293,7 +303,16 @@ pub async fn consume_progress(reco: &Recognition, endpoint: &str) -> anyhow::Res
     let mut cache = StandingsCache::default();
     while let Some(msg) = stream.message().await? {
         if let Some(progress_pb::watch_milestone_events_response::Kind::Event(event)) = msg.kind {
-            reco.apply_progress_event(&event, &channel, &mut cache).await?;
+            let span = feed_span(
+                "progress.milestone_events",
+                "recognition",
+                event.sequence,
+                &event.trace_parent,
+                event.event_time.as_ref(),
+            );
+            reco.apply_progress_event(&event, &channel, &mut cache)
+                .instrument(span)
+                .await?;
         }
     }
     Ok(())

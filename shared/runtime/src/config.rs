@@ -23,6 +23,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Log output.
     pub log: LogSettings,
+    /// Trace and metric export.
+    pub telemetry: TelemetrySettings,
     /// Token verification.
     pub auth: AuthSettings,
     /// Server limits and timings.
@@ -41,6 +43,7 @@ impl Default for Settings {
             listen_addr: "127.0.0.1:50051".to_string(),
             data_dir: PathBuf::from("data"),
             log: LogSettings::default(),
+            telemetry: TelemetrySettings::default(),
             auth: AuthSettings::default(),
             grpc: GrpcSettings::default(),
             goal: GoalSettings::default(),
@@ -65,6 +68,29 @@ impl Default for LogSettings {
         Self {
             format: "pretty".to_string(),
             filter: "info".to_string(),
+        }
+    }
+}
+
+/// Trace and metric export over OTLP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The OTLP/gRPC collector, e.g. `http://otel-collector:4317`; empty
+    /// turns export off.
+    pub otlp_endpoint: String,
+    /// The `service.name` resource attribute of what is exported.
+    pub service_name: String,
+    /// How often metrics are exported, in seconds.
+    pub metrics_interval_secs: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "milestones".to_string(),
+            metrics_interval_secs: 60,
         }
     }
 }
@@ -365,6 +391,15 @@ impl Settings {
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
             p.push(format!("log.filter: {:?} is not a valid filter", self.log.filter));
+        }
+        let otlp = &self.telemetry.otlp_endpoint;
+        if !(otlp.is_empty() || otlp.starts_with("http://") || otlp.starts_with("https://")) {
+            p.push(format!(
+                "telemetry.otlp_endpoint: {otlp:?} must be an http:// or https:// URL such as http://otel-collector:4317"
+            ));
+        }
+        if self.telemetry.metrics_interval_secs == 0 {
+            p.push("telemetry.metrics_interval_secs: must be greater than zero".to_string());
         }
         match self.auth.mode.as_str() {
             "development" => {}

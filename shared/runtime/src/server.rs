@@ -99,6 +99,7 @@ pub async fn serve(
         .timeout(Duration::from_millis(grpc.request_timeout_ms))
         .http2_keepalive_interval(Some(Duration::from_secs(grpc.keepalive_interval_secs)))
         .http2_keepalive_timeout(Some(Duration::from_secs(grpc.keepalive_timeout_secs)))
+        .layer(crate::telemetry::RpcTelemetryLayer)
         .add_routes(routes)
         // Without TCP_NODELAY a small frame waits for the peer's delayed
         // ACK (~40 ms on Linux), and so would every unary call.

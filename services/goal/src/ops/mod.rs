@@ -85,6 +85,7 @@ impl Changes {
             change_type: change_type as i32,
             resource_name,
             resource: Some(resource),
+            trace_parent: milestones_runtime::telemetry::current_traceparent(),
             ..Default::default()
         });
     }

@@ -1,6 +1,8 @@
 //! The server around the services: health, reflection, shutdown.
 
-use milestones_suite::TestApp;
+use milestones_runtime::db::Db;
+use milestones_suite::{fresh_database_url, TestApp};
+use sea_orm::ConnectionTrait;
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -54,4 +56,49 @@ async fn health_and_reflection_are_served() {
     );
     assert!(services.contains(&"grpc.health.v1.Health".to_string()), "{services:?}");
     app.stop().await;
+}
+
+/// Replicas that start together (or a migration Job beside them) migrate
+/// one at a time: every concurrent run succeeds, each migration is recorded
+/// once, and running again changes nothing.
+#[tokio::test]
+async fn concurrent_migrations_apply_once() {
+    for service in ["goal", "progress", "recognition"] {
+        let url = fresh_database_url().await;
+        let mut replicas = Vec::new();
+        for _ in 0..4 {
+            replicas.push(Db::connect(&url, 2).await.expect("connect"));
+        }
+        let migrate = |db: Db| async move {
+            match service {
+                "goal" => milestones_goal::migrate(&db).await,
+                "progress" => milestones_progress::migrate(&db).await,
+                _ => milestones_recognition::migrate(&db).await,
+            }
+        };
+        let results = futures::future::join_all(replicas.iter().cloned().map(migrate)).await;
+        for r in &results {
+            assert!(r.is_ok(), "{service}: every replica's migration succeeds: {r:?}");
+        }
+        let count = |db: Db| async move {
+            let row = db
+                .conn()
+                .query_one(sea_orm::Statement::from_string(
+                    db.backend(),
+                    format!("SELECT COUNT(*) AS n, COUNT(DISTINCT version) AS d FROM {service}_migrations"),
+                ))
+                .await
+                .expect("count")
+                .expect("a row");
+            (
+                row.try_get::<i64>("", "n").expect("n"),
+                row.try_get::<i64>("", "d").expect("d"),
+            )
+        };
+        let (n, distinct) = count(replicas[0].clone()).await;
+        assert!(n > 0, "{service}: migrations recorded");
+        assert_eq!(n, distinct, "{service}: each migration recorded once");
+        migrate(replicas[1].clone()).await.expect("a second run is a no-op");
+        assert_eq!(count(replicas[2].clone()).await, (n, distinct), "{service}: unchanged");
+    }
 }

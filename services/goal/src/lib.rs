@@ -22,7 +22,6 @@ use milestones_runtime::auth::Authenticator;
 use milestones_runtime::config::Settings;
 use milestones_runtime::db::Db;
 use milestones_runtime::feed::{FeedNotifier, FeedTiming};
-use sea_orm_migration::MigratorTrait;
 use tokio::sync::watch;
 use tonic::service::Routes;
 
@@ -83,7 +82,5 @@ impl GoalService {
 
 /// Applies the goal service's pending migrations.
 pub async fn migrate(db: &Db) -> anyhow::Result<()> {
-    migration::Migrator::up(db.conn(), None)
-        .await
-        .map_err(|e| anyhow::anyhow!("goal migrations failed: {e}"))
+    milestones_runtime::db::migrate::<migration::Migrator>(db, "goal").await
 }

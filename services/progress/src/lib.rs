@@ -28,7 +28,6 @@ use milestones_runtime::auth::Authenticator;
 use milestones_runtime::config::Settings;
 use milestones_runtime::db::Db;
 use milestones_runtime::feed::{FeedNotifier, FeedTiming};
-use sea_orm_migration::MigratorTrait;
 use tokio::sync::{broadcast, watch};
 use tonic::service::Routes;
 
@@ -98,7 +97,5 @@ impl ProgressService {
 
 /// Applies the progress service's pending migrations.
 pub async fn migrate(db: &Db) -> anyhow::Result<()> {
-    schema::Migrator::up(db.conn(), None)
-        .await
-        .map_err(|e| anyhow::anyhow!("progress migrations failed: {e}"))
+    milestones_runtime::db::migrate::<schema::Migrator>(db, "progress").await
 }

@@ -26,7 +26,6 @@ use milestones_runtime::auth::Authenticator;
 use milestones_runtime::config::Settings;
 use milestones_runtime::db::Db;
 use milestones_runtime::feed::{FeedNotifier, FeedTiming};
-use sea_orm_migration::MigratorTrait;
 use tokio::sync::watch;
 use tonic::service::Routes;
 
@@ -101,7 +100,5 @@ impl RecognitionService {
 
 /// Applies the recognition service's pending migrations.
 pub async fn migrate(db: &Db) -> anyhow::Result<()> {
-    schema::Migrator::up(db.conn(), None)
-        .await
-        .map_err(|e| anyhow::anyhow!("recognition migrations failed: {e}"))
+    milestones_runtime::db::migrate::<schema::Migrator>(db, "recognition").await
 }

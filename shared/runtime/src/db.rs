@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    TransactionTrait,
+    Statement, TransactionTrait,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -104,6 +104,49 @@ impl Deref for WriteTxn {
     fn deref(&self) -> &DatabaseTransaction {
         &self.txn
     }
+}
+
+/// Applies `M`'s pending migrations to `service`'s database, one process at
+/// a time: replicas starting together, or the migration Job beside them,
+/// each wait their turn and then find nothing left to do. On PostgreSQL the
+/// migrations run in one transaction that first takes an advisory lock
+/// (DDL is transactional there, so a failure leaves nothing half-applied);
+/// SQLite serialises writers on its file.
+pub async fn migrate<M: sea_orm_migration::MigratorTrait>(db: &Db, service: &str) -> anyhow::Result<()> {
+    let applied = match db.backend() {
+        DatabaseBackend::Postgres => {
+            let txn = db.conn.begin().await?;
+            txn.execute(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1)",
+                [migration_lock_key(service).into()],
+            ))
+            .await?;
+            match M::up(&txn, None).await {
+                Ok(()) => txn.commit().await,
+                Err(e) => Err(e),
+            }
+        }
+        _ => {
+            let _guard = match &db.write_lock {
+                Some(lock) => Some(lock.clone().lock_owned().await),
+                None => None,
+            };
+            M::up(&db.conn, None).await
+        }
+    };
+    applied.map_err(|e| anyhow::anyhow!("{service} migrations failed: {e}"))
+}
+
+/// The advisory-lock key of `service`'s migrations: FNV-1a of its name, so
+/// it is stable across versions and distinct from the feeds' keys.
+fn migration_lock_key(service: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("milestones-migrations-{service}").bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
 }
 
 /// Runs a schema script (statements separated by `;`) written once for

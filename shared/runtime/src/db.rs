@@ -111,7 +111,8 @@ impl Deref for WriteTxn {
 /// each wait their turn and then find nothing left to do. On PostgreSQL the
 /// migrations run in one transaction that first takes an advisory lock
 /// (DDL is transactional there, so a failure leaves nothing half-applied);
-/// SQLite serialises writers on its file.
+/// on SQLite in one transaction that writes first, taking the file's write
+/// lock.
 pub async fn migrate<M: sea_orm_migration::MigratorTrait>(db: &Db, service: &str) -> anyhow::Result<()> {
     let applied = match db.backend() {
         DatabaseBackend::Postgres => {
@@ -128,11 +129,27 @@ pub async fn migrate<M: sea_orm_migration::MigratorTrait>(db: &Db, service: &str
             }
         }
         _ => {
+            // Writing first makes the transaction take SQLite's write lock
+            // at once, so a second process waits (busy timeout) instead of
+            // failing when it upgrades from reading.
+            db.conn
+                .execute_unprepared("CREATE TABLE IF NOT EXISTS migration_locks (service TEXT PRIMARY KEY)")
+                .await?;
             let _guard = match &db.write_lock {
                 Some(lock) => Some(lock.clone().lock_owned().await),
                 None => None,
             };
-            M::up(&db.conn, None).await
+            let txn = db.conn.begin().await?;
+            txn.execute(Statement::from_sql_and_values(
+                DatabaseBackend::Sqlite,
+                "INSERT OR REPLACE INTO migration_locks (service) VALUES ($1)",
+                [service.into()],
+            ))
+            .await?;
+            match M::up(&txn, None).await {
+                Ok(()) => txn.commit().await,
+                Err(e) => Err(e),
+            }
         }
     };
     applied.map_err(|e| anyhow::anyhow!("{service} migrations failed: {e}"))

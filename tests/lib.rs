@@ -303,11 +303,16 @@ impl TestApp {
         self.goal(tenant, &[Role::Admin]).await
     }
 
-    /// Stops the server gracefully and waits for it.
-    pub async fn stop(mut self) {
+    /// Asks the server to shut down (as SIGTERM does) without waiting.
+    pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("server exits cleanly");
         }

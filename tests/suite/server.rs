@@ -102,3 +102,110 @@ async fn concurrent_migrations_apply_once() {
         assert_eq!(count(replicas[2].clone()).await, (n, distinct), "{service}: unchanged");
     }
 }
+
+/// Shutdown drains: health flips to NOT_SERVING first, a call already in
+/// flight completes, open feeds end cleanly, and once the drain time is
+/// over new calls are refused.
+#[tokio::test]
+async fn shutdown_drains_in_flight_calls() {
+    use milestones_api::goal as g;
+    use milestones_runtime::auth::Role;
+    use sea_orm::{ConnectOptions, Database};
+
+    let mut settings =
+        milestones_suite::test_settings(fresh_database_url().await, fresh_database_url().await, String::new());
+    settings.grpc.shutdown_drain_ms = 1_000;
+    settings.grpc.shutdown_grace_secs = 20;
+    let mut app = TestApp::launch(settings, &["goal"], None).await;
+    let mut goal = app.goal("acme", &[Role::Admin]).await;
+    goal.create_team(g::CreateTeamRequest {
+        team: Some(g::Team {
+            display_name: "Sales".into(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .expect("a first team");
+    let mut feed = goal
+        .watch_changes(g::WatchChangesRequest { after_sequence: 0 })
+        .await
+        .expect("feed")
+        .into_inner();
+
+    // Another session holds the teams table, so the next write waits.
+    let mut options = ConnectOptions::new(app.database_url.clone());
+    options.max_connections(1).sqlx_logging(false);
+    let blocker = Database::connect(options).await.expect("blocker");
+    match blocker.get_database_backend() {
+        sea_orm::DatabaseBackend::Postgres => {
+            blocker.execute_unprepared("BEGIN").await.expect("begin");
+            blocker
+                .execute_unprepared("LOCK TABLE teams IN ACCESS EXCLUSIVE MODE")
+                .await
+                .expect("lock");
+        }
+        _ => {
+            blocker.execute_unprepared("BEGIN EXCLUSIVE").await.expect("lock");
+        }
+    }
+    let in_flight = tokio::spawn({
+        let mut goal = goal.clone();
+        async move {
+            goal.create_team(g::CreateTeamRequest {
+                team: Some(g::Team {
+                    display_name: "EMEA".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!in_flight.is_finished(), "the write waits for the lock");
+
+    app.begin_shutdown();
+    let mut health = HealthClient::new(app.channel().await);
+    let status = health
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health during the drain")
+        .into_inner()
+        .status;
+    assert_eq!(status, 2, "NOT_SERVING as soon as shutdown starts");
+    // The feed ends with UNAVAILABLE, which tells a consumer to resume
+    // from its cursor on another replica (not a broken connection).
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match feed.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the feed ends at shutdown");
+    let status = ended.expect_err("the feed says why it ended");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("reconnect with your cursor"), "{status:?}");
+
+    // After the drain the listener is closed: a new call is refused.
+    tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
+    let refused = tonic::transport::Channel::from_shared(app.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await;
+    assert!(refused.is_err(), "no new connections after the drain");
+    assert!(!in_flight.is_finished(), "still waiting for the lock");
+
+    // The call in flight completes once the lock is released.
+    blocker.execute_unprepared("COMMIT").await.expect("release");
+    let team = in_flight
+        .await
+        .expect("task")
+        .expect("the in-flight call completes")
+        .into_inner();
+    assert_eq!(team.display_name, "EMEA");
+    app.stop().await;
+}

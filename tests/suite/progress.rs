@@ -567,7 +567,7 @@ async fn leaderboards_rank_with_ties_and_pages() {
         }
         reps.push(r);
     }
-    let mut reader = app.progress("acme", &[Role::Rep]).await;
+    let mut reader = app.progress("acme", &[Role::Admin]).await;
     let board = |rank_by: p::RankBy, page_size, page_token: String| p::GetLeaderboardRequest {
         team: t.name.clone(),
         metric: arr.name.clone(),
@@ -904,7 +904,7 @@ async fn watch_progress_streams_updates() {
     let arr = revenue_metric(&mut goal, "ARR").await;
     let team_goal = active(&mut goal, &t.name, &arr, "FY2026", 1_000).await;
     progress_of(&mut prog, &team_goal).await;
-    let mut watcher = app.progress("acme", &[Role::Manager]).await;
+    let mut watcher = app.progress("acme", &[Role::Admin]).await;
     let mut stream = watcher
         .watch_progress(p::WatchProgressRequest {
             selector: Some(p::watch_progress_request::Selector::Team(t.name.clone())),

@@ -194,10 +194,28 @@ async fn roles_limit_writes() {
         Code::PermissionDenied,
     );
 
+    // The manager's token subject is "tester": a manager member of Sales.
+    let mia = admin
+        .create_member(pb::CreateMemberRequest {
+            member: Some(pb::Member {
+                display_name: "Mia".into(),
+                email: "mia@example.com".into(),
+                role: pb::MemberRole::Manager as i32,
+                subject: "tester".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("manager member")
+        .into_inner();
+    membership(&mut admin, &mia, &t, date(2026, 1, 1), None)
+        .await
+        .expect("membership");
     let mut manager = app.goal("acme", &[Role::Manager]).await;
     create_milestone(&mut manager, milestone_in(&t.name, &arr.name, "FY2027-Q1", 1), true)
         .await
-        .expect("managers set milestones");
+        .expect("managers set milestones for their team");
     expect_code(
         manager
             .create_metric(pb::CreateMetricRequest {

@@ -8,6 +8,7 @@ use milestones_api::goal as pb;
 use milestones_api::goal::goal_service_server::GoalService;
 use milestones_runtime::auth::{Caller, Role};
 use milestones_runtime::feed::{FeedItem, FeedTiming};
+use milestones_runtime::reach::Owner;
 use milestones_runtime::wire::micros_to_timestamp;
 use milestones_runtime::ApiError;
 use prost::Message;
@@ -64,6 +65,14 @@ fn write_ctx<T: Message + Clone>(
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+impl GoalApi {
+    /// PERMISSION_DENIED unless the caller reaches the milestone `name`'s
+    /// owner (to read, or with `manage` to change).
+    async fn guard(&self, caller: &Caller, name: &str, manage: bool) -> Result<(), Status> {
+        self.goal.guard_milestone(caller, name, manage).await.map_err(status)
+    }
+}
 
 fn reply<T>(r: Result<T, ApiError>) -> Reply<T> {
     r.map(Response::new).map_err(status)
@@ -256,17 +265,30 @@ impl GoalService for GoalApi {
         let m = r
             .milestone
             .ok_or_else(|| status(ApiError::invalid("milestone", "is required")))?;
+        self.goal
+            .guard_owner(&ctx.caller, &m.owner, true)
+            .await
+            .map_err(status)?;
         reply(self.goal.create_milestone(&ctx, m, r.activate).await)
     }
 
     async fn get_milestone(&self, req: Request<pb::GetMilestoneRequest>) -> Reply<pb::Milestone> {
         let caller = caller(&req, READERS, "GetMilestone")?;
+        self.guard(&caller, &req.get_ref().name, false).await?;
         reply(self.goal.get_milestone(&caller, &req.get_ref().name).await)
     }
 
     async fn list_milestones(&self, req: Request<pb::ListMilestonesRequest>) -> Reply<pb::ListMilestonesResponse> {
         let caller = caller(&req, READERS, "ListMilestones")?;
-        reply(self.goal.list_milestones(&caller, req.into_inner()).await)
+        let reach = self.goal.reach(&caller).await.map_err(status)?;
+        let mut page = self
+            .goal
+            .list_milestones(&caller, req.into_inner())
+            .await
+            .map_err(status)?;
+        page.milestones
+            .retain(|m| Owner::parse(&m.owner).is_some_and(|o| reach.reads(o)));
+        Ok(Response::new(page))
     }
 
     async fn update_milestone(&self, req: Request<pb::UpdateMilestoneRequest>) -> Reply<pb::Milestone> {
@@ -277,6 +299,7 @@ impl GoalService for GoalApi {
         let m = r
             .milestone
             .ok_or_else(|| status(ApiError::invalid("milestone", "is required")))?;
+        self.guard(&ctx.caller, &m.name, true).await?;
         reply(
             self.goal
                 .update_milestone(&ctx, m, r.update_mask, r.revision_reason)
@@ -289,6 +312,7 @@ impl GoalService for GoalApi {
             r.request_id.clear()
         })?;
         let r = req.into_inner();
+        self.guard(&ctx.caller, &r.name, true).await?;
         reply(self.goal.delete_milestone(&ctx, &r.name, &r.etag).await)
     }
 
@@ -297,6 +321,7 @@ impl GoalService for GoalApi {
             r.request_id.clear()
         })?;
         let r = req.into_inner();
+        self.guard(&ctx.caller, &r.name, true).await?;
         reply(
             self.goal
                 .transition(&ctx, &r.name, &r.etag, state::ACTIVE, None, None)
@@ -309,6 +334,7 @@ impl GoalService for GoalApi {
             r.request_id.clear()
         })?;
         let r = req.into_inner();
+        self.guard(&ctx.caller, &r.name, true).await?;
         let to = match pb::MilestoneState::try_from(r.outcome) {
             Ok(pb::MilestoneState::Achieved) => state::ACHIEVED,
             Ok(pb::MilestoneState::Missed) => state::MISSED,
@@ -331,6 +357,7 @@ impl GoalService for GoalApi {
             r.request_id.clear()
         })?;
         let r = req.into_inner();
+        self.guard(&ctx.caller, &r.name, true).await?;
         let mut v = milestones_domain::Violations::new();
         v.check_text("reason", &r.reason, 1, 1000);
         v.into_result(()).map_err(|v| status(v.into()))?;
@@ -346,6 +373,7 @@ impl GoalService for GoalApi {
         req: Request<pb::ListMilestoneRevisionsRequest>,
     ) -> Reply<pb::ListMilestoneRevisionsResponse> {
         let caller = caller(&req, READERS, "ListMilestoneRevisions")?;
+        self.guard(&caller, &req.get_ref().parent, false).await?;
         reply(self.goal.list_revisions(&caller, req.into_inner()).await)
     }
 
@@ -353,6 +381,7 @@ impl GoalService for GoalApi {
         let ctx = write_ctx(&req, PLANNERS, "ReviewMilestone", &req.get_ref().request_id, |r| {
             r.request_id.clear()
         })?;
+        self.guard(&ctx.caller, &req.get_ref().name, true).await?;
         reply(self.goal.review_milestone(&ctx, req.into_inner()).await)
     }
 
@@ -361,21 +390,32 @@ impl GoalService for GoalApi {
         req: Request<pb::ListMilestoneReviewsRequest>,
     ) -> Reply<pb::ListMilestoneReviewsResponse> {
         let caller = caller(&req, READERS, "ListMilestoneReviews")?;
+        self.guard(&caller, &req.get_ref().parent, false).await?;
         reply(self.goal.list_reviews(&caller, req.into_inner()).await)
     }
 
     async fn list_due_reviews(&self, req: Request<pb::ListDueReviewsRequest>) -> Reply<pb::ListDueReviewsResponse> {
         let caller = caller(&req, READERS, "ListDueReviews")?;
-        reply(self.goal.list_due_reviews(&caller, req.into_inner()).await)
+        let reach = self.goal.reach(&caller).await.map_err(status)?;
+        let mut page = self
+            .goal
+            .list_due_reviews(&caller, req.into_inner())
+            .await
+            .map_err(status)?;
+        page.milestones
+            .retain(|m| Owner::parse(&m.owner).is_some_and(|o| reach.reads(o)));
+        Ok(Response::new(page))
     }
 
     async fn assess_milestone(&self, req: Request<pb::AssessMilestoneRequest>) -> Reply<pb::MilestoneAssessment> {
         let caller = caller(&req, READERS, "AssessMilestone")?;
+        self.guard(&caller, &req.get_ref().name, false).await?;
         reply(self.goal.assess_milestone(&caller, &req.get_ref().name).await)
     }
 
     async fn get_alignment(&self, req: Request<pb::GetAlignmentRequest>) -> Reply<pb::Alignment> {
         let caller = caller(&req, READERS, "GetAlignment")?;
+        self.guard(&caller, &req.get_ref().name, false).await?;
         reply(self.goal.get_alignment(&caller, &req.get_ref().name).await)
     }
 

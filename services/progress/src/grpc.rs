@@ -11,6 +11,7 @@ use milestones_domain::names::Collection;
 use milestones_domain::Violations;
 use milestones_runtime::auth::{Caller, Role};
 use milestones_runtime::feed::{FeedItem, FeedTiming};
+use milestones_runtime::reach::{Owner, Reach};
 use milestones_runtime::wire::{micros_to_timestamp, now_micros};
 use milestones_runtime::ApiError;
 use prost::Message;
@@ -49,6 +50,17 @@ fn caller<T>(req: &Request<T>, roles: &[Role], action: &str) -> Result<Caller, S
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// Whether every member `activity` credits is within `reach`.
+fn credits_within(reach: &Reach, activity: &pb::Activity) -> bool {
+    reach.reads_all()
+        || activity
+            .credited_amounts
+            .iter()
+            .map(|c| c.member.as_str())
+            .chain(std::iter::once(activity.member.as_str()))
+            .all(|m| Owner::parse(m).is_some_and(|o| reach.reads(o)))
+}
 
 fn reply<T>(r: Result<T, ApiError>) -> Reply<T> {
     r.map(Response::new).map_err(status)
@@ -121,16 +133,39 @@ impl ProgressService for ProgressApi {
 
     async fn get_activity(&self, req: Request<pb::GetActivityRequest>) -> Reply<pb::Activity> {
         let caller = caller(&req, READERS, "GetActivity")?;
-        reply(self.progress.get_activity(&caller, &req.get_ref().name).await)
+        let reach = self.progress.reach(&caller).await.map_err(status)?;
+        let activity = self
+            .progress
+            .get_activity(&caller, &req.get_ref().name)
+            .await
+            .map_err(status)?;
+        if !credits_within(&reach, &activity) {
+            return Err(status(ApiError::permission_denied(format!(
+                "{} credits members outside your reach",
+                activity.name
+            ))));
+        }
+        Ok(Response::new(activity))
     }
 
     async fn list_activities(&self, req: Request<pb::ListActivitiesRequest>) -> Reply<pb::ListActivitiesResponse> {
         let caller = caller(&req, READERS, "ListActivities")?;
-        reply(self.progress.list_activities(&caller, req.into_inner()).await)
+        let reach = self.progress.reach(&caller).await.map_err(status)?;
+        let mut page = self
+            .progress
+            .list_activities(&caller, req.into_inner())
+            .await
+            .map_err(status)?;
+        page.activities.retain(|a| credits_within(&reach, a));
+        Ok(Response::new(page))
     }
 
     async fn get_progress(&self, req: Request<pb::GetProgressRequest>) -> Reply<pb::Progress> {
         let caller = caller(&req, READERS, "GetProgress")?;
+        self.progress
+            .guard_milestone(&caller, &req.get_ref().name)
+            .await
+            .map_err(status)?;
         reply(self.progress.get_progress(&caller, &req.get_ref().name).await)
     }
 
@@ -157,6 +192,9 @@ impl ProgressService for ProgressApi {
             })
             .collect();
         v.into_result(()).map_err(|v| status(v.into()))?;
+        for name in names {
+            self.progress.guard_milestone(&caller, name).await.map_err(status)?;
+        }
         let now = Utc::now();
         let mut progress = Vec::with_capacity(ids.len());
         for id in ids {
@@ -172,11 +210,25 @@ impl ProgressService for ProgressApi {
 
     async fn get_leaderboard(&self, req: Request<pb::GetLeaderboardRequest>) -> Reply<pb::GetLeaderboardResponse> {
         let caller = caller(&req, READERS, "GetLeaderboard")?;
+        let team = &req.get_ref().team;
+        if team.is_empty() {
+            if !self.progress.reach(&caller).await.map_err(status)?.reads_all() {
+                return Err(status(ApiError::permission_denied(
+                    "name a team: the whole tenant's leaderboard is for admins and integrations",
+                )));
+            }
+        } else {
+            self.progress.guard_owner(&caller, team).await.map_err(status)?;
+        }
         reply(self.progress.leaderboard(&caller, req.into_inner()).await)
     }
 
     async fn get_time_series(&self, req: Request<pb::GetTimeSeriesRequest>) -> Reply<pb::GetTimeSeriesResponse> {
         let caller = caller(&req, READERS, "GetTimeSeries")?;
+        self.progress
+            .guard_milestone(&caller, &req.get_ref().milestone)
+            .await
+            .map_err(status)?;
         reply(self.progress.time_series(&caller, req.into_inner()).await)
     }
 
@@ -185,6 +237,10 @@ impl ProgressService for ProgressApi {
         req: Request<pb::GetPerformanceHistoryRequest>,
     ) -> Reply<pb::GetPerformanceHistoryResponse> {
         let caller = caller(&req, READERS, "GetPerformanceHistory")?;
+        self.progress
+            .guard_owner(&caller, &req.get_ref().owner)
+            .await
+            .map_err(status)?;
         reply(self.progress.performance_history(&caller, req.into_inner()).await)
     }
 
@@ -192,6 +248,15 @@ impl ProgressService for ProgressApi {
 
     async fn watch_progress(&self, req: Request<pb::WatchProgressRequest>) -> Reply<Self::WatchProgressStream> {
         let caller = caller(&req, READERS, "WatchProgress")?;
+        match &req.get_ref().selector {
+            Some(pb::watch_progress_request::Selector::Milestone(m)) => {
+                self.progress.guard_milestone(&caller, m).await.map_err(status)?
+            }
+            Some(pb::watch_progress_request::Selector::Member(o) | pb::watch_progress_request::Selector::Team(o)) => {
+                self.progress.guard_owner(&caller, o).await.map_err(status)?
+            }
+            None => {}
+        }
         let selector = req
             .into_inner()
             .selector

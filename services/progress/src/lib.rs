@@ -12,6 +12,7 @@
 //! - [`rules`]: crossings, splits and pace on stored rows.
 //! - [`store`] and [`schema`]: queries and the schema.
 
+pub mod access;
 pub mod group_commit;
 pub mod grpc;
 pub mod ingest;

@@ -217,9 +217,14 @@ async fn apply(txn: &WriteTxn, event: &goal_pb::ChangeEvent, reconcile: &mut Rec
             } else {
                 exec(
                     conn,
-                    "INSERT INTO projection_members (id, tenant_id, display_name) VALUES ($1, $2, $3) \
-                     ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name",
-                    vec![id.into(), tenant.into(), m.display_name.clone().into()],
+                    "INSERT INTO projection_members (id, tenant_id, display_name, subject) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name, subject = excluded.subject",
+                    vec![
+                        id.into(),
+                        tenant.into(),
+                        m.display_name.clone().into(),
+                        (!m.subject.is_empty()).then(|| m.subject.clone()).into(),
+                    ],
                 )
                 .await?;
             }

@@ -201,13 +201,37 @@ impl MigrationTrait for DropContributions {
     }
 }
 
+/// Keeps each member's token subject, so reads can be scoped to what a
+/// manager or rep caller reaches (docs/authorization.md). Members copied
+/// before it get theirs with their next change in goal.
+pub struct MemberSubjects;
+
+impl MigrationName for MemberSubjects {
+    fn name(&self) -> &str {
+        "m20261129_000001_member_subjects"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)]
+impl MigrationTrait for MemberSubjects {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let conn = manager.get_connection();
+        conn.execute_unprepared("ALTER TABLE projection_members ADD COLUMN subject TEXT NULL")
+            .await?;
+        conn.execute_unprepared("CREATE INDEX projection_members_subject ON projection_members (tenant_id, subject)")
+            .await?;
+        Ok(())
+    }
+}
+
 /// The progress service's migrations.
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init), Box::new(DropContributions)]
+        vec![Box::new(Init), Box::new(DropContributions), Box::new(MemberSubjects)]
     }
 
     fn migration_table_name() -> DynIden {

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: the settings tree, layered defaults → file → `MILESTONES__*`.
-//! - [`telemetry`]: tracing setup (pretty or JSON logs).
+//! - [`telemetry`]: logs, spans per RPC and feed event, trace context, OTLP.
 //! - [`auth`]: bearer-JWT verification and the caller it yields.
 //! - [`error`]: [`ApiError`], the one error type at the service boundary, and
 //!   its single mapping to `tonic::Status` with `google.rpc` details.
@@ -10,6 +10,7 @@
 //! - [`feed`]: the transactional outbox and its gapless reads.
 //! - [`idempotency`]: `request_id` replay and reuse detection.
 //! - [`paging`]: AIP-158 page sizes and opaque page tokens.
+//! - [`reach`]: how far into the org a manager or rep caller reaches.
 //! - [`wire`]: conversions between wire and domain dates and instants.
 //! - [`server`]: the gRPC server with health, reflection and graceful shutdown.
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod feed;
 pub mod idempotency;
 pub mod paging;
+pub mod reach;
 pub mod server;
 pub mod telemetry;
 pub mod wire;

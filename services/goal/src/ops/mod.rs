@@ -9,6 +9,7 @@ use milestones_runtime::auth::Caller;
 use milestones_runtime::db::{Db, WriteTxn};
 use milestones_runtime::feed::{FeedNotifier, FeedTable};
 use milestones_runtime::idempotency::{self, Key};
+use milestones_runtime::reach::{OrgTables, Owner, Reach};
 use milestones_runtime::wire::now_micros;
 use milestones_runtime::ApiError;
 use prost::Message;
@@ -16,6 +17,13 @@ use sea_orm::{ConnectionTrait, EntityTrait};
 
 use crate::convert;
 use crate::entity::tenant_settings;
+
+/// Where the goal service keeps the org, for [`Reach`].
+const ORG_TABLES: OrgTables = OrgTables {
+    teams: "teams",
+    members: "members",
+    memberships: "memberships",
+};
 
 pub mod milestones;
 pub mod org;
@@ -152,6 +160,55 @@ impl Goal {
                 review_cadence_months: r.review_cadence_months as u32,
             },
         })
+    }
+
+    /// How far into the org `caller` reaches (docs/authorization.md).
+    pub async fn reach(&self, caller: &Caller) -> Result<Reach, ApiError> {
+        if let Some(r) = Reach::tenant_wide(caller) {
+            return Ok(r);
+        }
+        let settings = self.settings(self.db.conn(), &caller.tenant_id).await?;
+        let today = milestones_domain::calendar::format_date(settings.today(chrono::Utc::now()));
+        Reach::load(self.db.conn(), caller, ORG_TABLES, &today).await
+    }
+
+    /// PERMISSION_DENIED unless `caller` may read (or, with `manage`, set
+    /// and change) what `owner` (`members/{id}` or `teams/{id}`) owns. A
+    /// malformed owner passes: the use case names the field.
+    pub async fn guard_owner(&self, caller: &Caller, owner: &str, manage: bool) -> Result<(), ApiError> {
+        let reach = self.reach(caller).await?;
+        match Owner::parse(owner) {
+            Some(o) if manage => reach.require_manage(o, owner),
+            Some(o) => reach.require_read(o, owner),
+            None => Ok(()),
+        }
+    }
+
+    /// As [`Goal::guard_owner`], for the owner of the milestone `name`. An
+    /// unknown milestone passes: the use case answers NOT_FOUND.
+    pub async fn guard_milestone(&self, caller: &Caller, name: &str, manage: bool) -> Result<(), ApiError> {
+        let reach = self.reach(caller).await?;
+        if if manage { reach.manages_all() } else { reach.reads_all() } {
+            return Ok(());
+        }
+        let Ok(id) = milestones_domain::names::Collection::Milestones.parse(name) else {
+            return Ok(());
+        };
+        let Some(row) = crate::entity::milestone::Entity::find_by_id(id)
+            .one(self.db.conn())
+            .await?
+        else {
+            return Ok(());
+        };
+        if row.tenant_id != caller.tenant_id {
+            return Ok(());
+        }
+        let owner = Owner::of(&row.owner_kind, &row.owner_id);
+        if manage {
+            reach.require_manage(owner, name)
+        } else {
+            reach.require_read(owner, name)
+        }
     }
 
     /// Reads the wire form of the tenant's settings.

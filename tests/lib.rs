@@ -108,6 +108,13 @@ pub struct TestApp {
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
+impl Bearer {
+    /// Sends `token` (a JWT, without the `Bearer ` prefix), or nothing.
+    pub fn new(token: Option<&str>) -> Bearer {
+        Bearer(token.map(|t| format!("Bearer {t}").parse().expect("ascii token")))
+    }
+}
+
 impl Interceptor for Bearer {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(v) = &self.0 {

@@ -1,6 +1,7 @@
 //! End-to-end tests of the suite over real gRPC, on SQLite by default and on
 //! PostgreSQL with `MILESTONES_TEST_DB=postgres`.
 
+mod authz;
 mod feed;
 mod fixtures;
 mod milestones;

@@ -1479,7 +1479,7 @@ async fn feedback_is_private_to_the_member_and_manager_chain() {
     assert_eq!(get(&mut as_ada).await.expect("own"), written);
     assert_eq!(get(&mut as_eve).await.expect("chain"), written);
     for c in [&mut as_fay, &mut as_cy, &mut as_root] {
-        expect_code(get(c).await, Code::NotFound);
+        expect_code(get(c).await, Code::PermissionDenied);
     }
     let listed = as_cy
         .list_feedback(r::ListFeedbackRequest::default())

@@ -33,12 +33,42 @@ impl Progress {
     /// PERMISSION_DENIED unless `caller` reads what `owner` (`members/{id}`
     /// or `teams/{id}`) owns. A malformed name passes: the use case names
     /// the field.
+    /// NOT_FOUND when no such member or team is in the caller's tenant.
     pub async fn guard_owner(&self, caller: &Caller, owner: &str) -> Result<(), ApiError> {
-        let reach = self.reach(caller).await?;
-        match Owner::parse(owner) {
-            Some(o) => reach.require_read(o, owner),
-            None => Ok(()),
+        let Some(o) = Owner::parse(owner) else {
+            return Ok(());
+        };
+        let (table, id) = match o {
+            Owner::Member(id) => ("projection_members", id),
+            Owner::Team(id) => ("projection_teams", id),
+        };
+        let known = store::row(
+            self.db.conn(),
+            &format!("SELECT id FROM {table} WHERE id = $1 AND tenant_id = $2"),
+            vec![id.into(), caller.tenant_id.clone().into()],
+        )
+        .await?;
+        if known.is_none() {
+            return Err(ApiError::not_found(owner));
         }
+        self.reach(caller).await?.require_read(o, owner)
+    }
+
+    /// NOT_FOUND unless the milestone `milestones/{id}` is in the caller's
+    /// tenant, then as [`Progress::guard_milestone`].
+    pub async fn guard_known_milestone(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
+        if let Ok(id) = Collection::Milestones.parse(name) {
+            let known = store::milestones_where(
+                self.db.conn(),
+                "id = $1 AND tenant_id = $2",
+                vec![id.into(), caller.tenant_id.clone().into()],
+            )
+            .await?;
+            if known.is_empty() {
+                return Err(ApiError::not_found(name));
+            }
+        }
+        self.guard_milestone(caller, name).await
     }
 
     /// PERMISSION_DENIED unless `caller` reads the owner of the milestone

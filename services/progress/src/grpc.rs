@@ -250,7 +250,7 @@ impl ProgressService for ProgressApi {
         let caller = caller(&req, READERS, "WatchProgress")?;
         match &req.get_ref().selector {
             Some(pb::watch_progress_request::Selector::Milestone(m)) => {
-                self.progress.guard_milestone(&caller, m).await.map_err(status)?
+                self.progress.guard_known_milestone(&caller, m).await.map_err(status)?
             }
             Some(pb::watch_progress_request::Selector::Member(o) | pb::watch_progress_request::Selector::Team(o)) => {
                 self.progress.guard_owner(&caller, o).await.map_err(status)?

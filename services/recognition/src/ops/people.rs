@@ -421,7 +421,9 @@ impl Recognition {
             .sees_feedback(&viewer, &caller.tenant_id, &member, &mut HashMap::new())
             .await?
         {
-            return Err(ApiError::not_found(name));
+            return Err(ApiError::permission_denied(
+                "feedback is private to its member and their manager chain",
+            ));
         }
         feedback_of(&r)
     }
@@ -440,8 +442,11 @@ impl Recognition {
         )?;
         let mut base = format!("SELECT {FEEDBACK_COLUMNS} FROM feedback WHERE tenant_id = $1");
         let mut values: Vec<Value> = vec![caller.tenant_id.clone().into()];
+        let conn = self.db.conn();
         if !req.member.is_empty() {
-            values.push(parse_name(Collection::Members, "member", &req.member)?.into());
+            let member = parse_name(Collection::Members, "member", &req.member)?;
+            self.require_member(conn, &caller.tenant_id, &member).await?;
+            values.push(member.into());
             base.push_str(&format!(" AND member_id = ${}", values.len()));
         }
         if !req.milestone.is_empty() {
@@ -452,7 +457,6 @@ impl Recognition {
             values.push(req.kind.into());
             base.push_str(&format!(" AND kind = ${}", values.len()));
         }
-        let conn = self.db.conn();
         let viewer = store::viewer(conn, caller).await?;
         let mut cache = HashMap::new();
         let mut after = page.after.as_deref().map(parse_newest_key).transpose()?;

@@ -194,7 +194,12 @@ pub(crate) fn newest_first(sql: &mut String, values: &mut Vec<Value>, after: &Op
 
 impl Recognition {
     /// NOT_FOUND unless goal has told us about the member.
-    async fn require_member(&self, conn: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<(), ApiError> {
+    pub(crate) async fn require_member(
+        &self,
+        conn: &impl ConnectionTrait,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(), ApiError> {
         match store::member(conn, tenant, id).await? {
             Some(_) => Ok(()),
             None => Err(ApiError::not_found(Collection::Members.name(id))),
@@ -206,7 +211,8 @@ impl Recognition {
     async fn require_ledger_access(&self, caller: &Caller, member: &str) -> Result<(), ApiError> {
         let conn = self.db.conn();
         let viewer = store::viewer(conn, caller).await?;
-        if caller.has_any(&[Role::Admin]) || viewer.member.as_deref() == Some(member) {
+        // Integrations read the whole tenant (docs/authorization.md).
+        if caller.has_any(&[Role::Admin, Role::Service]) || viewer.member.as_deref() == Some(member) {
             return Ok(());
         }
         let audience = store::member_audience(conn, &caller.tenant_id, member).await?;
@@ -214,7 +220,7 @@ impl Recognition {
             return Ok(());
         }
         Err(ApiError::permission_denied(
-            "only the member, their manager chain and admins may read a member's points",
+            "only the member, their manager chain, admins and integrations may read a member's points",
         ))
     }
 

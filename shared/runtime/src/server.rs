@@ -28,11 +28,12 @@ pub struct Health {
 }
 
 impl Health {
-    /// Marks `service` (a fully-qualified gRPC service name) and the whole
-    /// server as `status`.
+    /// Marks `service` (a fully-qualified gRPC service name) as `status`:
+    /// its readiness. The whole server's status (`""`, for liveness) stays
+    /// SERVING until shutdown, so a database outage takes replicas out of
+    /// rotation without getting them restarted.
     pub async fn set(&self, service: &str, status: ServingStatus) {
         self.reporter.set_service_status(service, status).await;
-        self.reporter.set_service_status("", status).await;
     }
 
     pub async fn set_all(&self, status: ServingStatus) {

@@ -99,8 +99,9 @@ impl Progress {
 
     /// Ranks the members of a team subtree (or the whole tenant) on a metric
     /// over a period. A member's value is the sum of their credited amounts
-    /// dated in the period; target and attainment come from the member's own
-    /// milestone with exactly that period, if any. Members are those in the
+    /// dated in the period (read from their active milestone over exactly
+    /// that period when they have one, so a quarter's board reads one row
+    /// per member); target and attainment come from that milestone. Members are those in the
     /// subtree on the period's last day, or today if earlier.
     pub async fn leaderboard(
         &self,
@@ -181,6 +182,36 @@ impl Progress {
         // In chunks: SQL parameter lists have limits.
         for chunk in members.chunks(400) {
             let sql = format!(
+                "SELECT id, owner_id, target, value, state FROM milestone_progress WHERE tenant_id = $1 \
+                 AND metric_id = $2 AND owner_kind = 'member' AND start_date = $3 AND end_date = $4 \
+                 AND state <> 'cancelled' AND owner_id IN ({})",
+                in_list(5, chunk.len())
+            );
+            let mut values: Vec<Value> = vec![
+                tenant.into(),
+                metric.clone().into(),
+                format_date(period.start()).into(),
+                format_date(period.end()).into(),
+            ];
+            values.extend(chunk.iter().map(|(id, _)| Value::from(id.clone())));
+            for r in rows(conn, &sql, values).await? {
+                let owner: String = r.try_get("", "owner_id")?;
+                // An active member milestone over exactly this period counts
+                // exactly the member's credits in it: its kept value is the
+                // total, without summing days.
+                if r.try_get::<String>("", "state")? == "active" {
+                    totals.insert(owner.clone(), r.try_get("", "value")?);
+                }
+                goals.insert(owner, (r.try_get("", "id")?, r.try_get("", "target")?));
+            }
+        }
+        let unsummed: Vec<&String> = members
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| !totals.contains_key(*id))
+            .collect();
+        for chunk in unsummed.chunks(400) {
+            let sql = format!(
                 "SELECT member_id, CAST(SUM(amount) AS BIGINT) AS total FROM member_daily WHERE tenant_id = $1 AND metric_id = $2 \
                  AND day >= $3 AND day <= $4 AND member_id IN ({}) GROUP BY member_id",
                 in_list(5, chunk.len())
@@ -191,29 +222,10 @@ impl Progress {
                 format_date(period.start()).into(),
                 format_date(period.end()).into(),
             ];
-            values.extend(chunk.iter().map(|(id, _)| Value::from(id.clone())));
+            values.extend(chunk.iter().map(|id| Value::from((*id).clone())));
             for r in rows(conn, &sql, values).await? {
                 let total: i64 = r.try_get::<Option<i64>>("", "total")?.unwrap_or(0);
                 totals.insert(r.try_get("", "member_id")?, total);
-            }
-            let sql = format!(
-                "SELECT id, owner_id, target FROM milestone_progress WHERE tenant_id = $1 AND metric_id = $2 \
-                 AND owner_kind = 'member' AND start_date = $3 AND end_date = $4 AND state <> 'cancelled' \
-                 AND owner_id IN ({})",
-                in_list(5, chunk.len())
-            );
-            let mut values: Vec<Value> = vec![
-                tenant.into(),
-                metric.clone().into(),
-                format_date(period.start()).into(),
-                format_date(period.end()).into(),
-            ];
-            values.extend(chunk.iter().map(|(id, _)| Value::from(id.clone())));
-            for r in rows(conn, &sql, values).await? {
-                goals.insert(
-                    r.try_get("", "owner_id")?,
-                    (r.try_get("", "id")?, r.try_get("", "target")?),
-                );
             }
         }
         let mut entries: Vec<pb::LeaderboardEntry> = members

@@ -1,33 +1,83 @@
-//! The command line: `milestones server`, `migrate`, `token`, and client
-//! commands for people (`teams`, `metrics`, `milestones`).
+//! The command line: `milestones server`, `migrate`, `token`, `bench`,
+//! `demo`, and the client commands for people (`teams`, `members`,
+//! `memberships`, `metrics`, `milestones`, `record`, `progress`,
+//! `leaderboard`, `watch`, `kudos`, `recognitions`).
+//!
+//! # Layout
+//! - [`client`]: connection flags, tokens, the three gRPC clients.
+//! - [`resolve`]: names people type (display names, e-mails) to resources.
+//! - [`org`], [`activity`], [`live`]: the client commands.
+//! - [`demo`]: seeds a realistic sales org and keeps it busy.
+//! - [`output`]: tables, bars, colours and JSON; [`errors`]: what to fix
+//!   and the exit codes.
+
+mod activity;
+mod client;
+mod demo;
+mod errors;
+mod live;
+mod org;
+mod output;
+mod resolve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use milestones_api::goal as pb;
-use milestones_api::goal::goal_service_client::GoalServiceClient;
+use clap::{Parser, Subcommand};
 use milestones_runtime::auth::{mint_token, Role};
 use milestones_runtime::config::{self, Settings};
 use milestones_runtime::server::shutdown_signal;
 use milestones_runtime::telemetry;
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
-use tonic::Request;
-use tonic_types::StatusExt;
 
 use crate::suite;
+use client::ClientArgs;
+use output::{ColorWhen, Format};
+
+const AFTER_HELP: &str = "\
+Names: wherever a team, member, metric or milestone is asked for, give its
+resource name (teams/…, members/…) or its display name (members also by
+e-mail); an ambiguous name is refused with the candidates.
+
+Tokens: client commands send --token / MILESTONES_TOKEN. Without one, in
+development mode, they mint a short-lived admin token for --tenant (demo).
+
+Exit codes: 0 done; 1 unexpected failure; 2 bad command line; 64 invalid
+configuration; 65 request refused (bad input field by field, not found,
+already exists, wrong state); 69 server unreachable; 75 a limit was hit, try
+later; 77 token refused or missing a role.
+
+Start here:
+  milestones server --demo              # a running suite with a busy sales org
+  milestones leaderboard --metric \"New ARR\"
+  milestones watch";
 
 /// Sales Milestones: set milestones for sales teams and reps, track
 /// progress, recognise achievement.
 #[derive(Parser, Debug)]
-#[command(name = "milestones", version, about)]
+#[command(name = "milestones", version, after_help = AFTER_HELP)]
 pub struct Cli {
     /// A YAML config file; `MILESTONES__SECTION__KEY` environment variables
     /// override it (e.g. MILESTONES__GOAL__DATABASE_URL).
     #[arg(long, global = true, env = "MILESTONES_CONFIG")]
     config: Option<PathBuf>,
+
+    /// How client commands print results: `table` for people, `json` for
+    /// scripts (errors then go to stderr as JSON too).
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_enum,
+        default_value = "table",
+        env = "MILESTONES_OUTPUT"
+    )]
+    output: Format,
+
+    /// When to colour tables: `auto` colours a terminal unless NO_COLOR is
+    /// set.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    color: ColorWhen,
 
     #[command(subcommand)]
     command: Command,
@@ -45,6 +95,14 @@ enum Command {
         /// Overrides `listen_addr`, e.g. 0.0.0.0:50051.
         #[arg(long)]
         listen: Option<String>,
+        /// Also seed a demo sales org in tenant --demo-tenant (reusing it if
+        /// it exists) and keep generating activity, as `milestones demo`
+        /// does. Needs all three services.
+        #[arg(long)]
+        demo: bool,
+        /// The tenant the demo lives in.
+        #[arg(long, default_value = "demo", requires = "demo")]
+        demo_tenant: String,
     },
     /// Applies pending database migrations and exits.
     Migrate {
@@ -58,7 +116,8 @@ enum Command {
         /// The tenant the token acts for.
         #[arg(long, default_value = "demo")]
         tenant: String,
-        /// The caller's subject (`sub` claim).
+        /// The caller's subject (`sub` claim); a member with this subject
+        /// acts as themselves (e.g. gives kudos).
         #[arg(long, default_value = "dev")]
         subject: String,
         /// Roles, comma-separated: admin, manager, rep, service.
@@ -71,147 +130,159 @@ enum Command {
     /// Measures the suite: creates its own tenant and org, then prints
     /// ingestion throughput, read and event latencies (see the README).
     Bench(crate::bench::BenchArgs),
-    /// Manages teams.
+    /// Seeds a running suite with a realistic sales org (three regions, two
+    /// dozen reps, a quarter of deals and calls, milestones with
+    /// checkpoints, badges and rules), then keeps generating activity so
+    /// leaderboards move and recognitions arrive.
+    Demo(demo::DemoArgs),
+    /// Creates and lists teams.
+    #[command(visible_alias = "team")]
     Teams {
         #[command(flatten)]
         conn: ClientArgs,
         #[command(subcommand)]
-        action: TeamAction,
+        action: org::TeamAction,
     },
-    /// Manages metrics.
+    /// Creates and lists members (the people of the sales org).
+    #[command(visible_alias = "member")]
+    Members {
+        #[command(flatten)]
+        conn: ClientArgs,
+        #[command(subcommand)]
+        action: org::MemberAction,
+    },
+    /// Puts members in teams and lists who is where.
+    #[command(visible_alias = "membership")]
+    Memberships {
+        #[command(flatten)]
+        conn: ClientArgs,
+        #[command(subcommand)]
+        action: org::MembershipAction,
+    },
+    /// Creates and lists metrics (what is measured).
+    #[command(visible_alias = "metric")]
     Metrics {
         #[command(flatten)]
         conn: ClientArgs,
         #[command(subcommand)]
-        action: MetricAction,
+        action: org::MetricAction,
     },
-    /// Manages milestones.
+    /// Creates, lists and activates milestones.
+    #[command(visible_alias = "milestone")]
     Milestones {
         #[command(flatten)]
         conn: ClientArgs,
         #[command(subcommand)]
-        action: MilestoneAction,
+        action: org::MilestoneAction,
+    },
+    /// Records an activity (a deal, a call) and prints it with who was
+    /// credited. Needs an admin token or an integration (service) token.
+    Record {
+        #[command(flatten)]
+        conn: ClientArgs,
+        #[command(flatten)]
+        args: activity::RecordArgs,
+    },
+    /// Shows a milestone's progress: value, target, attainment, status,
+    /// the value expected by today and the projected value at the end.
+    Progress {
+        #[command(flatten)]
+        conn: ClientArgs,
+        #[command(flatten)]
+        args: activity::ProgressArgs,
+    },
+    /// Ranks members on a metric over a period, with progress bars coloured
+    /// by pace (green on pace, yellow from 80 % of it, red below).
+    Leaderboard {
+        #[command(flatten)]
+        conn: ClientArgs,
+        #[command(flatten)]
+        args: activity::LeaderboardArgs,
+    },
+    /// Prints progress updates and recognitions as they happen.
+    Watch {
+        #[command(flatten)]
+        conn: ClientArgs,
+        #[command(flatten)]
+        args: live::WatchArgs,
+    },
+    /// Thanks a member publicly (or privately) with kudos.
+    Kudos {
+        #[command(flatten)]
+        conn: ClientArgs,
+        #[command(flatten)]
+        args: live::KudosArgs,
+    },
+    /// Lists recent recognitions (badges and points awarded by the rules).
+    #[command(visible_alias = "recognition")]
+    Recognitions {
+        #[command(flatten)]
+        conn: ClientArgs,
+        #[command(flatten)]
+        args: live::RecognitionsArgs,
     },
 }
 
-/// How the client reaches the server.
-#[derive(Args, Debug)]
-struct ClientArgs {
-    /// The server's address.
-    #[arg(long, env = "MILESTONES_ENDPOINT", default_value = "http://127.0.0.1:50051")]
-    endpoint: String,
-    /// A bearer token (see `milestones token`).
-    #[arg(long, env = "MILESTONES_TOKEN", hide_env_values = true)]
-    token: String,
-}
-
-#[derive(Subcommand, Debug)]
-enum TeamAction {
-    /// Lists all teams.
-    List,
-    /// Creates a team.
-    Create {
-        /// The team's name, e.g. "EMEA Enterprise".
-        name: String,
-        /// The parent team, `teams/{id}`.
-        #[arg(long, default_value = "")]
-        parent: String,
-    },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum UnitArg {
-    Count,
-    Currency,
-    Seconds,
-}
-
-#[derive(Subcommand, Debug)]
-enum MetricAction {
-    /// Lists all metrics.
-    List,
-    /// Creates a metric summed over activities.
-    Create {
-        /// The metric's name, e.g. "New ARR".
-        name: String,
-        /// What its values count.
-        #[arg(long, value_enum, default_value = "count")]
-        unit: UnitArg,
-        /// ISO-4217 code, required with `--unit currency`.
-        #[arg(long, default_value = "")]
-        currency: String,
-        /// Count activities instead of summing their values.
-        #[arg(long)]
-        count_activities: bool,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum MilestoneAction {
-    /// Lists milestones.
-    List {
-        /// Only this owner's (`teams/{id}` or `members/{id}`).
-        #[arg(long, default_value = "")]
-        owner: String,
-        /// Only milestones overlapping this fiscal period, e.g. FY2027-Q1.
-        #[arg(long, default_value = "")]
-        period: String,
-    },
-    /// Creates a milestone.
-    Create {
-        /// What is to be achieved.
-        name: String,
-        /// The owner, `teams/{id}` or `members/{id}`.
-        #[arg(long)]
-        owner: String,
-        /// The metric, `metrics/{id}`.
-        #[arg(long)]
-        metric: String,
-        /// The fiscal period, e.g. FY2027-Q1.
-        #[arg(long)]
-        period: String,
-        /// The target in the metric's smallest unit (cents for money).
-        #[arg(long)]
-        target: i64,
-        /// Make it ACTIVE straight away.
-        #[arg(long)]
-        activate: bool,
-    },
-}
-
-/// Parses the command line, runs the command, and returns the exit code:
-/// 0 on success, 64 for bad configuration, 1 for other failures.
+/// Parses the command line, runs the command, and returns the exit code
+/// (see the table in `milestones --help`).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli.color.apply();
+    let format = cli.output;
     let settings = match config::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{e}");
+            anstream::eprintln!("{e}");
             return ExitCode::from(64);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+            anstream::eprintln!("cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, settings)) {
+    match runtime.block_on(run(cli.command, settings, format)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `milestones ... | head` closing the pipe early is not a failure.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let (exit, detail) = errors::classify(&e);
+            if format == Format::Json {
+                anstream::eprintln!("{}", serde_json::json!({ "error": detail }));
+            } else {
+                anstream::eprintln!("{} {e:#}", output::paint(output::RED.bold(), "error:"));
+            }
+            ExitCode::from(exit)
         }
     }
 }
 
-async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
+async fn run(command: Command, mut settings: Settings, format: Format) -> anyhow::Result<()> {
     match command {
-        Command::Server { services, listen } => {
+        Command::Server {
+            services,
+            listen,
+            demo,
+            demo_tenant,
+        } => {
             let telemetry = telemetry::start(&settings.log, &settings.telemetry)?;
             if let Some(addr) = listen {
                 settings.listen_addr = addr;
+            }
+            if demo && suite::SERVICES.iter().any(|s| !services.iter().any(|x| x == s)) {
+                return Err(errors::refuse(
+                    "--demo",
+                    "needs all three services: drop --services, or run `milestones demo --endpoint` against a full suite",
+                ));
             }
             let listener = tokio::net::TcpListener::bind(&settings.listen_addr)
                 .await
@@ -221,11 +292,24 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
                         settings.listen_addr
                     )
                 })?;
-            eprintln!(
-                "Sales Milestones is listening on {}.\nGet a development token with:\n  export MILESTONES_TOKEN=$(milestones token --tenant demo --subject you --role admin)\nthen try: milestones teams list",
-                listener.local_addr()?
-            );
-            let served = suite::run(settings, &services, listener, shutdown_signal()).await;
+            let local = listener.local_addr()?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let shutdown = async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            };
+            if demo {
+                anstream::eprintln!(
+                    "Sales Milestones is listening on {local}; seeding the demo in tenant {demo_tenant:?}...\nIn another terminal, try:\n  milestones leaderboard --metric \"New ARR\"\n  milestones watch"
+                );
+                let args = demo::DemoArgs::in_process(format!("http://{local}"), demo_tenant);
+                tokio::spawn(demo::run_until(args, settings.clone(), stop_rx));
+            } else {
+                anstream::eprintln!(
+                    "Sales Milestones is listening on {local}.\nGet a development token with:\n  export MILESTONES_TOKEN=$(milestones token --tenant demo --subject you --role admin)\nthen try: milestones teams list"
+                );
+            }
+            let served = suite::run(settings, &services, listener, shutdown).await;
             telemetry.shutdown();
             served
         }
@@ -237,13 +321,13 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
                         let url = settings.goal.database().url_for("goal", &settings.data_dir);
                         let db = milestones_runtime::db::Db::connect(&url, 1).await?;
                         milestones_goal::migrate(&db).await?;
-                        eprintln!("goal: migrations applied");
+                        anstream::eprintln!("goal: migrations applied");
                     }
                     "progress" => {
                         let url = settings.progress.database().url_for("progress", &settings.data_dir);
                         let db = milestones_runtime::db::Db::connect(&url, 1).await?;
                         milestones_progress::migrate(&db).await?;
-                        eprintln!("progress: migrations applied");
+                        anstream::eprintln!("progress: migrations applied");
                     }
                     "recognition" => {
                         let url = settings
@@ -252,7 +336,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
                             .url_for("recognition", &settings.data_dir);
                         let db = milestones_runtime::db::Db::connect(&url, 1).await?;
                         milestones_recognition::migrate(&db).await?;
-                        eprintln!("recognition: migrations applied");
+                        anstream::eprintln!("recognition: migrations applied");
                     }
                     other => anyhow::bail!(
                         "unknown service {other:?}; the services are: {}",
@@ -263,6 +347,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => crate::bench::run(args, &settings).await,
+        Command::Demo(args) => demo::run(args, settings).await,
         Command::Token {
             tenant,
             subject,
@@ -272,8 +357,12 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             let roles = role
                 .iter()
                 .map(|r| {
-                    Role::parse(r)
-                        .ok_or_else(|| anyhow::anyhow!("unknown role {r:?}: use admin, manager, rep or service"))
+                    Role::parse(r).ok_or_else(|| {
+                        errors::refuse(
+                            "--role",
+                            format!("{r:?} is not a role: use admin, manager, rep or service"),
+                        )
+                    })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let token = mint_token(
@@ -287,207 +376,74 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Teams { conn, action } => {
-            let mut client = connect(&conn).await?;
-            match action {
-                TeamAction::List => {
-                    let teams = client
-                        .list_teams(authed(
-                            &conn,
-                            pb::ListTeamsRequest {
-                                page_size: 500,
-                                ..Default::default()
-                            },
-                        )?)
-                        .await
-                        .map_err(explain)?
-                        .into_inner()
-                        .teams;
-                    println!("{:<44} {:<30} PARENT", "NAME", "DISPLAY NAME");
-                    for t in teams {
-                        println!("{:<44} {:<30} {}", t.name, t.display_name, t.parent);
-                    }
-                }
-                TeamAction::Create { name, parent } => {
-                    let team = client
-                        .create_team(authed(
-                            &conn,
-                            pb::CreateTeamRequest {
-                                team: Some(pb::Team {
-                                    display_name: name,
-                                    parent,
-                                    ..Default::default()
-                                }),
-                                request_id: String::new(),
-                            },
-                        )?)
-                        .await
-                        .map_err(explain)?
-                        .into_inner();
-                    println!("{}", team.name);
-                }
-            }
-            Ok(())
+            org::teams(&mut client::connect(&conn, &settings).await?, action, format).await
+        }
+        Command::Members { conn, action } => {
+            org::members(&mut client::connect(&conn, &settings).await?, action, format).await
+        }
+        Command::Memberships { conn, action } => {
+            org::memberships(&mut client::connect(&conn, &settings).await?, action, format).await
         }
         Command::Metrics { conn, action } => {
-            let mut client = connect(&conn).await?;
-            match action {
-                MetricAction::List => {
-                    let metrics = client
-                        .list_metrics(authed(
-                            &conn,
-                            pb::ListMetricsRequest {
-                                page_size: 500,
-                                ..Default::default()
-                            },
-                        )?)
-                        .await
-                        .map_err(explain)?
-                        .into_inner()
-                        .metrics;
-                    println!("{:<46} {:<30} UNIT", "NAME", "DISPLAY NAME");
-                    for m in metrics {
-                        let unit = pb::MetricUnit::try_from(m.unit).map(|u| u.as_str_name()).unwrap_or("?");
-                        println!("{:<46} {:<30} {} {}", m.name, m.display_name, unit, m.currency_code);
-                    }
-                }
-                MetricAction::Create {
-                    name,
-                    unit,
-                    currency,
-                    count_activities,
-                } => {
-                    let unit = match unit {
-                        UnitArg::Count => pb::MetricUnit::Count,
-                        UnitArg::Currency => pb::MetricUnit::Currency,
-                        UnitArg::Seconds => pb::MetricUnit::Seconds,
-                    };
-                    let aggregation = if count_activities {
-                        pb::MetricAggregation::Count
-                    } else {
-                        pb::MetricAggregation::Sum
-                    };
-                    let metric = client
-                        .create_metric(authed(
-                            &conn,
-                            pb::CreateMetricRequest {
-                                metric: Some(pb::Metric {
-                                    display_name: name,
-                                    unit: unit as i32,
-                                    currency_code: currency,
-                                    aggregation: aggregation as i32,
-                                    ..Default::default()
-                                }),
-                                request_id: String::new(),
-                            },
-                        )?)
-                        .await
-                        .map_err(explain)?
-                        .into_inner();
-                    println!("{}", metric.name);
-                }
-            }
-            Ok(())
+            org::metrics(&mut client::connect(&conn, &settings).await?, action, format).await
         }
         Command::Milestones { conn, action } => {
-            let mut client = connect(&conn).await?;
-            match action {
-                MilestoneAction::List { owner, period } => {
-                    let milestones = client
-                        .list_milestones(authed(
-                            &conn,
-                            pb::ListMilestonesRequest {
-                                owner,
-                                fiscal_period: period,
-                                page_size: 500,
-                                ..Default::default()
-                            },
-                        )?)
-                        .await
-                        .map_err(explain)?
-                        .into_inner()
-                        .milestones;
-                    println!(
-                        "{:<49} {:<28} {:<10} {:>14} STATE",
-                        "NAME", "DISPLAY NAME", "PERIOD", "TARGET"
-                    );
-                    for m in milestones {
-                        let state = pb::MilestoneState::try_from(m.state)
-                            .map(|s| s.as_str_name())
-                            .unwrap_or("?");
-                        println!(
-                            "{:<49} {:<28} {:<10} {:>14} {}",
-                            m.name,
-                            m.display_name,
-                            m.fiscal_period,
-                            m.target,
-                            state.trim_start_matches("MILESTONE_STATE_")
-                        );
-                    }
-                }
-                MilestoneAction::Create {
-                    name,
-                    owner,
-                    metric,
-                    period,
-                    target,
-                    activate,
-                } => {
-                    let m = client
-                        .create_milestone(authed(
-                            &conn,
-                            pb::CreateMilestoneRequest {
-                                milestone: Some(pb::Milestone {
-                                    display_name: name,
-                                    owner,
-                                    metric,
-                                    fiscal_period: period,
-                                    target,
-                                    ..Default::default()
-                                }),
-                                activate,
-                                request_id: String::new(),
-                            },
-                        )?)
-                        .await
-                        .map_err(explain)?
-                        .into_inner();
-                    println!("{}", m.name);
-                }
-            }
-            Ok(())
+            org::milestones(&mut client::connect(&conn, &settings).await?, action, format).await
+        }
+        Command::Record { conn, args } => {
+            activity::record(&mut client::connect(&conn, &settings).await?, args, format).await
+        }
+        Command::Progress { conn, args } => {
+            activity::progress(&mut client::connect(&conn, &settings).await?, args, format).await
+        }
+        Command::Leaderboard { conn, args } => {
+            activity::leaderboard(&mut client::connect(&conn, &settings).await?, args, format).await
+        }
+        Command::Watch { conn, args } => live::watch(&mut client::connect(&conn, &settings).await?, args, format).await,
+        Command::Kudos { conn: c, args } => {
+            let mut connection = client::connect(&c, &settings).await?;
+            live::kudos(&mut connection, &c, &settings, args, format).await
+        }
+        Command::Recognitions { conn, args } => {
+            live::recognitions(&mut client::connect(&conn, &settings).await?, args, format).await
         }
     }
 }
 
-async fn connect(args: &ClientArgs) -> anyhow::Result<GoalServiceClient<Channel>> {
-    let channel = Channel::from_shared(args.endpoint.clone())
-        .map_err(|e| anyhow::anyhow!("--endpoint {:?} is not a URL: {e}", args.endpoint))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}; is `milestones server` running?", args.endpoint))?;
-    Ok(GoalServiceClient::new(channel))
-}
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
 
-fn authed<T>(args: &ClientArgs, body: T) -> anyhow::Result<Request<T>> {
-    let mut req = Request::new(body);
-    let value: MetadataValue<_> = format!("Bearer {}", args.token)
-        .parse()
-        .map_err(|_| anyhow::anyhow!("the token contains characters that cannot be sent"))?;
-    req.metadata_mut().insert("authorization", value);
-    Ok(req)
-}
+    use super::*;
 
-/// Turns a status into an error that says what to fix, field by field.
-fn explain(status: tonic::Status) -> anyhow::Error {
-    match status.get_details_bad_request() {
-        Some(br) if !br.field_violations.is_empty() => {
-            let mut text = format!("{:?}: fix these fields:", status.code());
-            for v in br.field_violations {
-                text.push_str(&format!("\n  {}: {}", v.field, v.description));
+    /// The command line is well formed (no clashing flags) and every flag
+    /// and subcommand has a help text.
+    #[test]
+    fn every_flag_is_explained() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
             }
-            anyhow::anyhow!(text)
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {}", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
         }
-        _ => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
+        let mut missing = Vec::new();
+        walk(&cmd, "milestones", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:?}");
     }
 }

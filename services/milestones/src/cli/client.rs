@@ -1,0 +1,238 @@
+//! Reaching the suite: the connection flags every client command shares,
+//! the bearer token (given, or minted for development), the three clients,
+//! and the tenant's calendar for "this quarter" defaults.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, Utc};
+use clap::Args;
+use milestones_api::goal as g;
+use milestones_api::goal::goal_service_client::GoalServiceClient;
+use milestones_api::progress::progress_service_client::ProgressServiceClient;
+use milestones_api::recognition::recognition_service_client::RecognitionServiceClient;
+use milestones_domain::calendar::{DateRange, FiscalCalendar, FiscalPeriod};
+use milestones_domain::tenant::{parse_time_zone, TenantSettings};
+use milestones_runtime::auth::{mint_token, Role};
+use milestones_runtime::config::Settings;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::errors::{explain, refuse, unreachable};
+
+/// How a client command reaches the suite and who it acts as.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The server's address.
+    #[arg(
+        long,
+        global = true,
+        env = "MILESTONES_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub endpoint: String,
+    /// The bearer token to call with (see `milestones token`). Without one,
+    /// and with `auth.mode` development, a short-lived admin token for
+    /// --tenant is minted with the configured secret.
+    #[arg(long, global = true, env = "MILESTONES_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The tenant to act in when no token is given (a token carries its
+    /// own tenant).
+    #[arg(long, global = true, env = "MILESTONES_TENANT", default_value = "demo")]
+    pub tenant: String,
+}
+
+/// Puts the bearer token on every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> anyhow::Result<Self> {
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            refuse(
+                "--token",
+                "contains characters that cannot be sent; paste the token again",
+            )
+        })?;
+        Ok(Bearer(value))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Goal = GoalServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Progress = ProgressServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Recognition = RecognitionServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// The three services, called with one token.
+#[derive(Clone)]
+pub struct Conn {
+    pub channel: Channel,
+    pub goal: Goal,
+    pub progress: Progress,
+    pub recognition: Recognition,
+}
+
+impl Conn {
+    /// The same channel with another token (e.g. a member's, for kudos).
+    pub fn with_token(&self, token: &str) -> anyhow::Result<Conn> {
+        Ok(Conn::over_channel(self.channel.clone(), Bearer::new(token)?))
+    }
+
+    /// The three clients over `channel`, calling with `bearer`.
+    pub fn over_channel(channel: Channel, bearer: Bearer) -> Conn {
+        Conn {
+            goal: GoalServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            progress: ProgressServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            recognition: RecognitionServiceClient::with_interceptor(channel.clone(), bearer),
+            channel,
+        }
+    }
+}
+
+/// Opens a channel to `endpoint`, failing fast with what to check.
+pub async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(endpoint.to_string())
+        .map_err(|e| {
+            refuse(
+                "--endpoint",
+                format!("{endpoint:?} is not a URL such as http://127.0.0.1:50051 ({e})"),
+            )
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| {
+            unreachable(format!(
+                "cannot reach {endpoint}: {e}; is `milestones server` running? (set --endpoint or MILESTONES_ENDPOINT)"
+            ))
+        })
+}
+
+/// Mints a development token for `tenant`.
+pub fn dev_token(settings: &Settings, tenant: &str, subject: &str, roles: &[Role]) -> anyhow::Result<String> {
+    mint_token(
+        &settings.auth.to_config(),
+        tenant,
+        subject,
+        roles,
+        Duration::from_secs(12 * 3600),
+    )
+}
+
+/// The token to call with: `--token`/MILESTONES_TOKEN, or in development
+/// a minted admin token for `--tenant`.
+pub fn token(args: &ClientArgs, settings: &Settings) -> anyhow::Result<String> {
+    match &args.token {
+        Some(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ if settings.auth.mode == "development" => dev_token(settings, &args.tenant, "cli", &[Role::Admin]),
+        _ => Err(refuse(
+            "--token",
+            "is required outside development mode: pass --token or set MILESTONES_TOKEN",
+        )),
+    }
+}
+
+/// Connects with the caller's token.
+pub async fn connect(args: &ClientArgs, settings: &Settings) -> anyhow::Result<Conn> {
+    let token = token(args, settings)?;
+    let bearer = Bearer::new(&token)?;
+    Ok(Conn::over_channel(channel(&args.endpoint).await?, bearer))
+}
+
+/// The tenant a token acts in, read from its verified claims (so only a
+/// token this configuration could have minted).
+pub fn tenant_of(token: &str, settings: &Settings) -> anyhow::Result<String> {
+    let auth = milestones_runtime::auth::Authenticator::new(&settings.auth.to_config());
+    auth.verify(token)
+        .map(|caller| caller.tenant_id)
+        .map_err(|e| refuse("--token", format!("{e}; mint a new one with `milestones token`")))
+}
+
+/// Runs `call` until it stops answering NOT_FOUND, for up to 10 seconds.
+///
+/// Progress and recognition learn about what goal creates from its change
+/// feed a moment later; callers use this only after checking with goal that
+/// the resource exists, so a NOT_FOUND here is that lag.
+pub async fn settle<T, F, Fut>(call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    settle_on(&[Code::NotFound], call).await
+}
+
+/// As [`settle`], retrying on any of `codes`.
+pub async fn settle_on<T, F, Fut>(codes: &[Code], mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await {
+            Err(s) if codes.contains(&s.code()) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The tenant's time zone and fiscal calendar.
+pub struct Calendar {
+    settings: TenantSettings,
+}
+
+impl Calendar {
+    pub async fn load(goal: &mut Goal) -> anyhow::Result<Calendar> {
+        let s = goal
+            .get_tenant_settings(g::GetTenantSettingsRequest {})
+            .await
+            .map_err(explain)?
+            .into_inner();
+        let mut settings = TenantSettings::default();
+        if let Ok(tz) = parse_time_zone(&s.time_zone) {
+            settings.time_zone = tz;
+        }
+        if let Some(c) = u32::try_from(s.fiscal_year_start_month)
+            .ok()
+            .and_then(FiscalCalendar::new)
+        {
+            settings.calendar = c;
+        }
+        Ok(Calendar { settings })
+    }
+
+    pub fn today(&self) -> NaiveDate {
+        self.settings.today(Utc::now())
+    }
+
+    /// The fiscal quarter containing today, e.g. `FY2026-Q4`.
+    pub fn this_quarter(&self) -> String {
+        self.settings.calendar.quarter_of(self.today()).name()
+    }
+
+    /// The dates of a fiscal period name.
+    pub fn range(&self, period: &str, flag: &str) -> anyhow::Result<DateRange> {
+        let p = FiscalPeriod::parse(period).map_err(|e| refuse(flag, e))?;
+        Ok(self.settings.calendar.range(&p))
+    }
+
+    /// The share of `range` elapsed by today, in basis points (the linear
+    /// pace), and the day numbers it is based on.
+    pub fn pace(&self, start: NaiveDate, end: NaiveDate) -> (i64, i64, i64) {
+        let total = (end - start).num_days() + 1;
+        let elapsed = ((self.today() - start).num_days() + 1).clamp(0, total.max(0));
+        let pace = if total > 0 { elapsed * 10_000 / total } else { 0 };
+        (pace, elapsed, total)
+    }
+}

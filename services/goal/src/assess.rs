@@ -10,9 +10,9 @@ use milestones_api::progress as progress_pb;
 use milestones_api::progress::progress_service_client::ProgressServiceClient;
 use milestones_domain::calendar::DateRange;
 use milestones_domain::realism::{assess, Realism};
-use milestones_runtime::auth::{mint_token, AuthConfig, Role};
+use milestones_runtime::identity::ServiceIdentity;
 use milestones_runtime::wire::{date_to_wire, micros_to_timestamp, now_micros};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How many past periods an assessment looks at.
 const PAST_PERIODS: i32 = 4;
@@ -21,13 +21,12 @@ const PAST_PERIODS: i32 = 4;
 #[derive(Clone)]
 pub struct Assessor {
     channel: Option<Channel>,
-    auth: AuthConfig,
+    identity: ServiceIdentity,
     timeout: Duration,
 }
 
 impl std::fmt::Debug for Assessor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The auth config holds the signing secret: never print it.
         f.debug_struct("Assessor")
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -37,11 +36,16 @@ impl std::fmt::Debug for Assessor {
 impl Assessor {
     /// An assessor for the progress service at `endpoint` (connected lazily,
     /// so the goal service starts whether or not progress is up).
-    pub fn new(endpoint: &str, auth: AuthConfig, timeout: Duration) -> Self {
-        let channel = Endpoint::from_shared(endpoint.to_string())
+    pub fn new(endpoint: &str, identity: ServiceIdentity, timeout: Duration) -> Self {
+        let channel = identity
+            .endpoint(endpoint)
             .ok()
             .map(|e| e.connect_timeout(timeout).timeout(timeout).connect_lazy());
-        Self { channel, auth, timeout }
+        Self {
+            channel,
+            identity,
+            timeout,
+        }
     }
 
     /// Assesses `target` for `owner` on `metric` over `period`, as of now.
@@ -69,16 +73,6 @@ impl Assessor {
         let Some(channel) = self.channel.clone() else {
             return unavailable("no progress endpoint is configured");
         };
-        let token = match mint_token(
-            &self.auth,
-            tenant,
-            "goal-service",
-            &[Role::Service],
-            Duration::from_secs(300),
-        ) {
-            Ok(t) => t,
-            Err(_) => return unavailable("no service token"),
-        };
         let mut request = tonic::Request::new(progress_pb::GetPerformanceHistoryRequest {
             owner: owner.to_string(),
             metric: metric.to_string(),
@@ -87,13 +81,14 @@ impl Assessor {
             before_date: Some(date_to_wire(period.start())),
         });
         request.set_timeout(self.timeout);
-        match format!("Bearer {token}").parse() {
-            Ok(v) => {
-                request.metadata_mut().insert("authorization", v);
-                milestones_runtime::telemetry::inject(request.metadata_mut());
-            }
-            Err(_) => return unavailable("no service token"),
+        if self
+            .identity
+            .authorize(request.metadata_mut(), "goal-service", Some(tenant))
+            .is_err()
+        {
+            return unavailable("no service token");
         }
+        milestones_runtime::telemetry::inject(request.metadata_mut());
         let history = match tokio::time::timeout(
             self.timeout,
             ProgressServiceClient::new(channel).get_performance_history(request),

@@ -22,6 +22,7 @@ use milestones_runtime::auth::Authenticator;
 use milestones_runtime::config::Settings;
 use milestones_runtime::db::Db;
 use milestones_runtime::feed::{FeedNotifier, FeedTiming};
+use milestones_runtime::identity::ServiceIdentity;
 use tokio::sync::watch;
 use tonic::service::Routes;
 
@@ -54,7 +55,7 @@ impl GoalService {
                     notifier: FeedNotifier::default(),
                     assessor: assess::Assessor::new(
                         &progress_endpoint,
-                        settings.auth.to_config(),
+                        ServiceIdentity::from_settings(settings)?,
                         std::time::Duration::from_millis(settings.goal.assessment_timeout_ms),
                     ),
                 },

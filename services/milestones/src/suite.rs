@@ -2,6 +2,7 @@
 //! with health, reflection and a bounded graceful shutdown.
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use milestones_goal::GoalService;
@@ -29,7 +30,7 @@ fn grpc_name(service: &str) -> &'static str {
 
 /// Runs `services` on `listener` until `shutdown` resolves.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     services: &[String],
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -39,15 +40,19 @@ pub async fn run(
             anyhow::bail!("unknown service {s:?}; the services are: {}", SERVICES.join(", "));
         }
     }
+    let unreadable = settings.read_secret_files();
+    if !unreadable.is_empty() {
+        anyhow::bail!("{}", unreadable.join("; "));
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let names: Vec<&str> = services.iter().map(|s| grpc_name(s)).collect();
     let (mut routes, health) = base_routes(&names)?;
-    let auth = Authenticator::new(&settings.auth.to_config());
-    let local = listener.local_addr()?;
+    let auth = Authenticator::from_settings(&settings).await?;
+    let local = self_endpoint(listener.local_addr()?, settings.tls.enabled());
     let mut databases: Vec<(&'static str, Db)> = Vec::new();
     if services.iter().any(|s| s == "goal") {
         let progress_endpoint = if settings.goal.progress_endpoint.is_empty() {
-            format!("http://{local}")
+            local.clone()
         } else {
             settings.goal.progress_endpoint.clone()
         };
@@ -57,7 +62,7 @@ pub async fn run(
     }
     if services.iter().any(|s| s == "progress") {
         let goal_endpoint = if settings.progress.goal_endpoint.is_empty() {
-            format!("http://{local}")
+            local.clone()
         } else {
             settings.progress.goal_endpoint.clone()
         };
@@ -68,7 +73,7 @@ pub async fn run(
     if services.iter().any(|s| s == "recognition") {
         let local_or = |endpoint: &str| {
             if endpoint.is_empty() {
-                format!("http://{local}")
+                local.clone()
             } else {
                 endpoint.to_string()
             }
@@ -88,7 +93,20 @@ pub async fn run(
         tokio::spawn(watch_readiness(health.clone(), name, db, stop_rx.clone()));
     }
     tracing::info!(addr = %local, services = ?services, "serving");
-    serve(routes, listener, &settings.grpc, health, stop_tx, shutdown).await
+    serve(routes, listener, &settings, &auth, health, stop_tx, shutdown).await
+}
+
+/// Where this process's services reach each other by default: its own
+/// listener (on loopback when it listens on every address), over https when
+/// TLS is on.
+fn self_endpoint(addr: SocketAddr, tls: bool) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Keeps a service's health in step with its database: NOT_SERVING while

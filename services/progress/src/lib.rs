@@ -29,6 +29,7 @@ use milestones_runtime::auth::Authenticator;
 use milestones_runtime::config::Settings;
 use milestones_runtime::db::Db;
 use milestones_runtime::feed::{FeedNotifier, FeedTiming};
+use milestones_runtime::identity::ServiceIdentity;
 use tokio::sync::{broadcast, watch};
 use tonic::service::Routes;
 
@@ -62,7 +63,7 @@ impl ProgressService {
         tokio::spawn(projection::run(
             progress.clone(),
             goal_endpoint,
-            settings.auth.to_config(),
+            ServiceIdentity::from_settings(settings)?,
             stop.clone(),
         ));
         tokio::spawn(period_end::run(

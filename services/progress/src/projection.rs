@@ -13,14 +13,13 @@ use milestones_api::goal::change_event::Resource;
 use milestones_api::goal::goal_service_client::GoalServiceClient;
 use milestones_domain::calendar::format_date;
 use milestones_domain::names::Collection;
-use milestones_runtime::auth::{mint_token, AuthConfig, Role, ALL_TENANTS};
 use milestones_runtime::db::WriteTxn;
+use milestones_runtime::identity::ServiceIdentity;
 use milestones_runtime::telemetry::feed_span;
 use milestones_runtime::wire::date_from_wire;
 use milestones_runtime::ApiError;
 use sea_orm::{ConnectionTrait, Statement, Value};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::ops::{Progress, Reconcile};
@@ -29,14 +28,14 @@ use crate::ops::{Progress, Reconcile};
 const GOAL_FEED: &str = "goal.changes";
 
 /// Runs the consumer until `stop` flips.
-pub async fn run(progress: Progress, endpoint: String, auth: AuthConfig, mut stop: watch::Receiver<bool>) {
+pub async fn run(progress: Progress, endpoint: String, identity: ServiceIdentity, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
             return;
         }
         let result = tokio::select! {
-            r = consume(&progress, &endpoint, &auth) => r,
+            r = consume(&progress, &endpoint, &identity) => r,
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         };
         match result {
@@ -59,23 +58,13 @@ pub async fn run(progress: Progress, endpoint: String, auth: AuthConfig, mut sto
 
 /// One connection's worth of consuming: from the stored cursor until the
 /// stream ends or fails.
-async fn consume(progress: &Progress, endpoint: &str, auth: &AuthConfig) -> anyhow::Result<()> {
-    let token = mint_token(
-        auth,
-        ALL_TENANTS,
-        "progress-service",
-        &[Role::Service],
-        Duration::from_secs(3600),
-    )?;
-    let channel = Channel::from_shared(endpoint.to_string())?
+async fn consume(progress: &Progress, endpoint: &str, identity: &ServiceIdentity) -> anyhow::Result<()> {
+    let channel = identity
+        .endpoint(endpoint)?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await?;
-    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
-    let mut client = GoalServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("authorization", header.clone());
-        Ok(req)
-    });
+    let mut client = GoalServiceClient::with_interceptor(channel, identity.interceptor("progress-service", None)?);
     let cursor = load_cursor(progress.db.conn()).await?;
     let mut stream = client
         .watch_changes(goal_pb::WatchChangesRequest { after_sequence: cursor })

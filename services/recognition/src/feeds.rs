@@ -19,7 +19,7 @@ use milestones_api::progress::progress_service_client::ProgressServiceClient;
 use milestones_api::recognition as pb;
 use milestones_domain::calendar::format_date;
 use milestones_domain::names::{Collection, Owner};
-use milestones_runtime::auth::{mint_token, AuthConfig, Role, ALL_TENANTS};
+use milestones_runtime::identity::{ServiceBearer, ServiceIdentity};
 use milestones_runtime::telemetry::feed_span;
 use milestones_runtime::wire::{date_from_wire, date_to_wire, now_micros};
 use milestones_runtime::ApiError;
@@ -28,7 +28,7 @@ use sea_orm::ConnectionTrait;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::Code;
 use tracing::Instrument;
 
 use crate::domain::competition_ranks;
@@ -78,25 +78,17 @@ where
     }
 }
 
-/// Adds a bearer token to every call.
-#[derive(Clone)]
-pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+/// Adds this service's credentials (and the trace context) to every call.
+pub type Bearer = ServiceBearer;
 
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        milestones_runtime::telemetry::inject(req.metadata_mut());
-        Ok(req)
-    }
+/// Credentials for calls acting in `tenant`, or in every tenant (feeds).
+fn bearer(identity: &ServiceIdentity, tenant: Option<&str>) -> anyhow::Result<Bearer> {
+    identity.interceptor(SUBJECT, tenant)
 }
 
-fn bearer(auth: &AuthConfig, tenant: &str) -> anyhow::Result<Bearer> {
-    let token = mint_token(auth, tenant, SUBJECT, &[Role::Service], Duration::from_secs(3600))?;
-    Ok(Bearer(format!("Bearer {token}").parse()?))
-}
-
-async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(endpoint.to_string())?
+async fn connect(identity: &ServiceIdentity, endpoint: &str) -> anyhow::Result<Channel> {
+    Ok(identity
+        .endpoint(endpoint)?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await?)
@@ -106,8 +98,8 @@ async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
 
 /// One connection's worth of consuming goal's feed.
 pub async fn consume_goal(reco: &Recognition, endpoint: &str) -> anyhow::Result<()> {
-    let channel = connect(endpoint).await?;
-    let mut client = GoalServiceClient::with_interceptor(channel, bearer(&reco.auth, ALL_TENANTS)?);
+    let channel = connect(&reco.identity, endpoint).await?;
+    let mut client = GoalServiceClient::with_interceptor(channel, bearer(&reco.identity, None)?);
     let cursor = load_cursor(reco.db.conn(), GOAL_FEED).await?;
     let mut stream = client
         .watch_changes(goal_pb::WatchChangesRequest { after_sequence: cursor })
@@ -293,8 +285,8 @@ pub struct StandingsCache {
 
 /// One connection's worth of consuming progress's milestone events.
 pub async fn consume_progress(reco: &Recognition, endpoint: &str) -> anyhow::Result<()> {
-    let channel = connect(endpoint).await?;
-    let mut feed = ProgressServiceClient::with_interceptor(channel.clone(), bearer(&reco.auth, ALL_TENANTS)?);
+    let channel = connect(&reco.identity, endpoint).await?;
+    let mut feed = ProgressServiceClient::with_interceptor(channel.clone(), bearer(&reco.identity, None)?);
     let cursor = load_cursor(reco.db.conn(), PROGRESS_FEED).await?;
     let mut stream = feed
         .watch_milestone_events(progress_pb::WatchMilestoneEventsRequest { after_sequence: cursor })
@@ -383,7 +375,7 @@ impl Recognition {
             return Ok(out);
         }
         let mut client: ProgressClient =
-            ProgressServiceClient::with_interceptor(channel.clone(), bearer(&self.auth, &facts.tenant)?);
+            ProgressServiceClient::with_interceptor(channel.clone(), bearer(&self.identity, Some(&facts.tenant))?);
         for rule in rules {
             let key = (
                 facts.tenant.clone(),

@@ -26,6 +26,7 @@ use milestones_runtime::auth::Authenticator;
 use milestones_runtime::config::Settings;
 use milestones_runtime::db::Db;
 use milestones_runtime::feed::{FeedNotifier, FeedTiming};
+use milestones_runtime::identity::ServiceIdentity;
 use tokio::sync::watch;
 use tonic::service::Routes;
 
@@ -59,7 +60,7 @@ impl RecognitionService {
             db,
             events: FeedNotifier::default(),
             kudos_daily_limit: settings.recognition.kudos_daily_limit,
-            auth: settings.auth.to_config(),
+            identity: ServiceIdentity::from_settings(settings)?,
         };
         let goal = reco.clone();
         tokio::spawn(feeds::supervise(feeds::GOAL_FEED, stop.clone(), move || {

@@ -4,6 +4,10 @@
 //! - [`config`]: the settings tree, layered defaults → file → `MILESTONES__*`.
 //! - [`telemetry`]: logs, spans per RPC and feed event, trace context, OTLP.
 //! - [`auth`]: bearer-JWT verification and the caller it yields.
+//! - [`jwks`]: the identity provider's public keys, kept fresh.
+//! - [`identity`]: how a service calls the others (TLS, its own token).
+//! - [`limits`]: the per-tenant write rate limit.
+//! - [`tls`]: server and client TLS from the settings.
 //! - [`error`]: [`ApiError`], the one error type at the service boundary, and
 //!   its single mapping to `tonic::Status` with `google.rpc` details.
 //! - [`db`]: connecting, the SQLite write lock, transactions.
@@ -20,10 +24,14 @@ pub mod db;
 pub mod error;
 pub mod feed;
 pub mod idempotency;
+pub mod identity;
+pub mod jwks;
+pub mod limits;
 pub mod paging;
 pub mod reach;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;
 
 pub use error::ApiError;

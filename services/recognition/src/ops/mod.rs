@@ -5,10 +5,11 @@
 
 use milestones_api::recognition as pb;
 use milestones_domain::names::is_valid_id;
-use milestones_runtime::auth::{AuthConfig, Caller};
+use milestones_runtime::auth::Caller;
 use milestones_runtime::db::{Db, WriteTxn};
 use milestones_runtime::feed::{FeedNotifier, FeedTable};
 use milestones_runtime::idempotency::{self, Key};
+use milestones_runtime::identity::ServiceIdentity;
 use milestones_runtime::wire::now_micros;
 use milestones_runtime::ApiError;
 use prost::Message;
@@ -31,8 +32,8 @@ pub struct Recognition {
     pub events: FeedNotifier,
     /// Most kudos one member may give per day.
     pub kudos_daily_limit: u32,
-    /// For the service tokens this service calls its peers with.
-    pub auth: AuthConfig,
+    /// How this service calls its peers (TLS, its own token).
+    pub identity: ServiceIdentity,
 }
 
 /// Who is writing, and the idempotency key of the write.

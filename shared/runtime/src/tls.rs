@@ -1,0 +1,76 @@
+//! TLS for the server and for the calls between the services (rustls with
+//! the ring provider, through tonic).
+//!
+//! With `tls.cert_file` and `tls.key_file` the server serves TLS only; with
+//! `tls.client_ca_file` too, it also demands a client certificate signed by
+//! that CA (mutual TLS) and refuses the handshake otherwise. Outbound calls
+//! (feeds, history, leaderboards) then use https, trust `tls.ca_file`, and
+//! present the same certificate as their client identity.
+
+use std::path::Path;
+
+use anyhow::Context;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+use crate::config::TlsSettings;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn read(path: &Path, key: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{key}: cannot read {}", path.display()))
+}
+
+/// The PEM certificates in `path`, at least one.
+pub fn read_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = read(path, key)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{key}: {} is not PEM", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{key}: {} holds no certificate", path.display());
+    }
+    Ok(certs)
+}
+
+/// This process's certificate and key.
+fn identity(tls: &TlsSettings) -> anyhow::Result<Identity> {
+    read_certs(&tls.cert_file, "tls.cert_file")?;
+    let key = read(&tls.key_file, "tls.key_file")?;
+    rustls_pki_types::PrivateKeyDer::from_pem_slice(&key)
+        .with_context(|| format!("tls.key_file: {} holds no PEM private key", tls.key_file.display()))?;
+    Ok(Identity::from_pem(read(&tls.cert_file, "tls.cert_file")?, key))
+}
+
+/// The server's TLS configuration, or `None` when TLS is off.
+pub fn server_config(tls: &TlsSettings) -> anyhow::Result<Option<ServerTlsConfig>> {
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    let mut config = ServerTlsConfig::new()
+        .identity(identity(tls)?)
+        .timeout(HANDSHAKE_TIMEOUT);
+    if !tls.client_ca_file.as_os_str().is_empty() {
+        read_certs(&tls.client_ca_file, "tls.client_ca_file")?;
+        config = config.client_ca_root(Certificate::from_pem(read(&tls.client_ca_file, "tls.client_ca_file")?));
+    }
+    Ok(Some(config))
+}
+
+/// The TLS configuration of outbound calls, or `None` when TLS is off.
+pub fn client_config(tls: &TlsSettings) -> anyhow::Result<Option<ClientTlsConfig>> {
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    read_certs(&tls.ca_file, "tls.ca_file")?;
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&tls.ca_file, "tls.ca_file")?))
+        .identity(identity(tls)?)
+        .timeout(HANDSHAKE_TIMEOUT);
+    if !tls.server_name.is_empty() {
+        config = config.domain_name(tls.server_name.clone());
+    }
+    Ok(Some(config))
+}

@@ -4,6 +4,7 @@
 mod authz;
 mod feed;
 mod fixtures;
+mod limits;
 mod milestones;
 mod org;
 mod progress;
@@ -11,4 +12,6 @@ mod recognition;
 mod rules;
 mod security;
 mod server;
+mod tls;
+mod tokens;
 mod validation;

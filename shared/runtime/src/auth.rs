@@ -1007,4 +1007,63 @@ mod tests {
         // Not knowing the method means being counted as a write.
         assert!(auth.authenticate(request(Some(&acme), None)).is_err());
     }
+
+    /// Serves `body` over HTTP on an ephemeral port, counting requests.
+    async fn jwks_server(
+        body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = body.lock().expect("body").clone();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body).await;
+            }
+        });
+        (format!("http://{addr}/.well-known/jwks.json"), hits)
+    }
+
+    /// A JWKS URL is fetched at start and again for a rotated key.
+    #[tokio::test]
+    async fn a_jwks_url_is_fetched_and_refetched_for_a_new_kid() {
+        let set = |keys: Vec<Jwk>| serde_json::to_vec(&JwkSet { keys }).expect("json");
+        let body = std::sync::Arc::new(std::sync::Mutex::new(set(vec![jwk(
+            &rs_key(),
+            Algorithm::RS256,
+            "rsa-1",
+        )])));
+        let (url, hits) = jwks_server(body.clone()).await;
+        let mut s = Settings::default();
+        s.auth.algorithm = "RS256".into();
+        s.auth.jwks_url = url;
+        s.auth.issuer = "https://idp.example.com".into();
+        let auth = Authenticator::from_settings(&s).await.expect("authenticator");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+        auth.verify(&sign(Algorithm::RS256, &rs_key(), Some("rsa-1"), &claims()))
+            .expect("verifies with the fetched key");
+
+        let other = EncodingKey::from_rsa_der(RS256_OTHER_DER);
+        *body.lock().expect("body") = set(vec![
+            jwk(&rs_key(), Algorithm::RS256, "rsa-1"),
+            jwk(&other, Algorithm::RS256, "rsa-2"),
+        ]);
+        let Keys::Jwks(cache) = &auth.verifier.keys else {
+            panic!("a JWKS verifier")
+        };
+        cache.refresh_for_kid("rsa-2").await;
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+        auth.verify(&sign(Algorithm::RS256, &other, Some("rsa-2"), &claims()))
+            .expect("the rotated key was fetched");
+    }
 }

@@ -903,7 +903,12 @@ async fn watch_progress_streams_updates() {
         .expect("membership");
     let arr = revenue_metric(&mut goal, "ARR").await;
     let team_goal = active(&mut goal, &t.name, &arr, "FY2026", 1_000).await;
+    let ada_goal = active(&mut goal, &ada.name, &arr, "FY2026", 500).await;
     progress_of(&mut prog, &team_goal).await;
+    progress_of(&mut prog, &ada_goal).await;
+    record(&mut prog, activity(&ada, &arr, 100, 6, 5, "before")).await;
+    value_becomes(&mut prog, &ada_goal, 100).await;
+
     let mut watcher = app.progress("acme", &[Role::Admin]).await;
     let mut stream = watcher
         .watch_progress(p::WatchProgressRequest {
@@ -912,22 +917,81 @@ async fn watch_progress_streams_updates() {
         .await
         .expect("watch")
         .into_inner();
+    async fn next_kind(stream: &mut tonic::Streaming<p::WatchProgressResponse>) -> p::watch_progress_response::Kind {
+        tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a message within 10 s")
+            .expect("stream")
+            .expect("open")
+            .kind
+            .expect("a kind")
+    }
+    // The initial set: the team's milestone and its member's, then a
+    // heartbeat.
+    let mut initial = std::collections::BTreeMap::new();
+    while let p::watch_progress_response::Kind::Progress(p) = next_kind(&mut stream).await {
+        initial.insert(p.milestone.clone(), p.value);
+    }
+    assert_eq!(
+        initial,
+        [(team_goal.name.clone(), 100), (ada_goal.name.clone(), 100)].into(),
+        "every active milestone of the team and of its members, as they stand"
+    );
+
+    // Then each change, for the team's and the member's milestones alike;
+    // a burst within a second is sent as its latest state.
     record(&mut prog, activity(&ada, &arr, 321, 6, 6, "live")).await;
-    let update = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(p::watch_progress_response::Kind::Progress(p)) =
-                stream.message().await.expect("stream").expect("open").kind
-            {
-                return p;
-            }
+    for i in 0..5 {
+        record(&mut prog, activity(&ada, &arr, 1, 6, 7, &format!("burst-{i}"))).await;
+    }
+    let mut latest = std::collections::BTreeMap::new();
+    let mut snapshots = 0;
+    while latest.get(&team_goal.name) != Some(&426) || latest.get(&ada_goal.name) != Some(&426) {
+        if let p::watch_progress_response::Kind::Progress(p) = next_kind(&mut stream).await {
+            snapshots += 1;
+            latest.insert(p.milestone.clone(), p.value);
+        }
+    }
+    assert!(
+        snapshots <= 6,
+        "at most one snapshot per milestone per second: {snapshots} for 6 changes to 2 milestones"
+    );
+
+    // At most ten streams per caller.
+    let mut open = Vec::new();
+    for _ in 0..9 {
+        open.push(
+            watcher
+                .watch_progress(p::WatchProgressRequest {
+                    selector: Some(p::watch_progress_request::Selector::Member(ada.name.clone())),
+                })
+                .await
+                .expect("within the limit"),
+        );
+    }
+    let refused = watcher
+        .watch_progress(p::WatchProgressRequest {
+            selector: Some(p::watch_progress_request::Selector::Member(ada.name.clone())),
+        })
+        .await;
+    assert_eq!(
+        reason(&expect_code(refused, Code::ResourceExhausted)),
+        "TOO_MANY_STREAMS"
+    );
+    drop(open);
+    drop(stream);
+    eventually("a closed stream's slot to be freed", || {
+        let mut w = watcher.clone();
+        let member = ada.name.clone();
+        async move {
+            w.watch_progress(p::WatchProgressRequest {
+                selector: Some(p::watch_progress_request::Selector::Member(member)),
+            })
+            .await
+            .ok()
         }
     })
-    .await
-    .expect("an update within 10 s");
-    assert_eq!(
-        (update.milestone.as_str(), update.value),
-        (team_goal.name.as_str(), 321)
-    );
+    .await;
     app.stop().await;
 }
 

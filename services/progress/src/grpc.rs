@@ -15,11 +15,12 @@ use milestones_runtime::reach::{Owner, Reach};
 use milestones_runtime::wire::{micros_to_timestamp, now_micros};
 use milestones_runtime::ApiError;
 use prost::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::group_commit::GroupCommit;
+use crate::live;
 use crate::ops::{parse_activity, parse_progress_name, Progress, EVENT_LOG, MAX_BATCH};
 
 /// `ErrorInfo.domain` of every error this service returns.
@@ -38,7 +39,9 @@ pub struct ProgressApi {
     /// Merges concurrent unary RecordActivity calls into one transaction.
     pub group_commit: GroupCommit,
     pub timing: FeedTiming,
-    pub stop_feeds: watch::Receiver<bool>,
+    pub stop_feeds: tokio::sync::watch::Receiver<bool>,
+    /// Open WatchProgress streams per caller.
+    pub watchers: live::WatchCounts,
 }
 
 fn status(e: ApiError) -> Status {
@@ -281,67 +284,28 @@ impl ProgressService for ProgressApi {
                     .map_err(|e| status(ApiError::invalid("team", e)))?,
             ),
         };
-        let progress = self.progress.clone();
-        let mut changes = progress.changes.subscribe();
-        let mut stop = self.stop_feeds.clone();
-        let heartbeat = self.timing.heartbeat;
+        let slot = self
+            .watchers
+            .take((caller.tenant_id.clone(), caller.subject.clone()))
+            .map_err(status)?;
+        let scope = live::Scope::resolve(&self.progress, &caller.tenant_id, kind, &id)
+            .await
+            .map_err(status)?;
+        // Subscribe before the initial snapshots are read, so no change
+        // between them is missed.
+        let changes = self.progress.changes.subscribe();
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let tenant = caller.tenant_id.clone();
-            let teams = if kind == "team" {
-                crate::store::subtree(progress.db.conn(), &tenant, &id)
-                    .await
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            loop {
-                let next = tokio::select! {
-                    c = changes.recv() => c,
-                    _ = tokio::time::sleep(heartbeat) => {
-                        let hb = pb::WatchProgressResponse {
-                            kind: Some(pb::watch_progress_response::Kind::Heartbeat(pb::FeedHeartbeat {
-                                head_sequence: 0,
-                                heartbeat_time: Some(micros_to_timestamp(now_micros())),
-                            })),
-                        };
-                        if tx.send(Ok(hb)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                        let _ = tx.send(Err(status(ApiError::Unavailable {
-                            message: "the server is shutting down; reconnect".into(),
-                        }))).await;
-                        return;
-                    }
-                };
-                let change = match next {
-                    Ok(c) => c,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
-                };
-                let wanted = change.tenant_id == tenant
-                    && match kind {
-                        "milestone" => change.milestone_id == id,
-                        "member" => change.owner_kind == "member" && change.owner_id == id,
-                        _ => change.owner_kind == "team" && teams.contains(&change.owner_id),
-                    };
-                if !wanted {
-                    continue;
-                }
-                let snapshot = progress
-                    .snapshot(progress.db.conn(), &tenant, &change.milestone_id, Utc::now())
-                    .await;
-                let msg = snapshot.map(|p| pb::WatchProgressResponse {
-                    kind: Some(pb::watch_progress_response::Kind::Progress(p)),
-                });
-                if tx.send(msg.map_err(status)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(live::run(
+            self.progress.clone(),
+            caller.tenant_id.clone(),
+            scope,
+            changes,
+            tx,
+            self.timing.heartbeat,
+            self.stop_feeds.clone(),
+            status,
+            slot,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -16,6 +16,7 @@ pub mod access;
 pub mod group_commit;
 pub mod grpc;
 pub mod ingest;
+pub mod live;
 pub mod ops;
 pub mod period_end;
 pub mod projection;
@@ -77,6 +78,7 @@ impl ProgressService {
                 progress,
                 timing: FeedTiming::from_settings(&settings.grpc),
                 stop_feeds: stop,
+                watchers: live::WatchCounts::default(),
             },
         })
     }

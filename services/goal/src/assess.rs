@@ -96,6 +96,11 @@ impl Assessor {
         .await
         {
             Ok(Ok(r)) => r.into_inner(),
+            // Progress has not heard of the owner or metric yet (they were
+            // just created): there is no history to judge by.
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                progress_pb::GetPerformanceHistoryResponse::default()
+            }
             Ok(Err(status)) => {
                 tracing::warn!(code = ?status.code(), "performance history unavailable");
                 return unavailable("the progress service answered with an error");

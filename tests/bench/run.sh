@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs `milestones bench` against a fresh suite and prints its figures.
+#
+#   tests/bench/run.sh sqlite   [bench args...]
+#   tests/bench/run.sh postgres [bench args...]   (PostgreSQL at 127.0.0.1:5432)
+#
+# Uses target/release/milestones (build it with
+# `cargo build --release -p milestones`), or $MILESTONES_BIN. The server
+# listens on 127.0.0.1:50062 with fresh databases and is stopped at the end.
+set -euo pipefail
+backend=${1:?usage: tests/bench/run.sh sqlite|postgres [bench args...]}
+shift
+bin=${MILESTONES_BIN:-target/release/milestones}
+[ -x "$bin" ] || { echo "missing: $bin (cargo build --release -p milestones)"; exit 1; }
+work=$(mktemp -d)
+server=
+vacuum=
+cleanup() {
+  [ -n "$vacuum" ] && kill "$vacuum" 2>/dev/null || true
+  [ -n "$server" ] && kill "$server" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export MILESTONES__DATA_DIR="$work" MILESTONES__LOG__FILTER=warn
+if [ "$backend" = postgres ]; then
+  for db in bench_goal bench_progress bench_recognition; do
+    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db" >/dev/null
+    psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" >/dev/null
+    url="postgres://postgres@127.0.0.1:5432/$db?sslmode=disable"
+    case $db in
+      bench_goal) export MILESTONES__GOAL__DATABASE_URL=$url ;;
+      bench_progress) export MILESTONES__PROGRESS__DATABASE_URL=$url ;;
+      bench_recognition) export MILESTONES__RECOGNITION__DATABASE_URL=$url ;;
+    esac
+  done
+  export MILESTONES__PROGRESS__MAX_CONNECTIONS=16
+  # Without autovacuum (this project's machines turn it off for CI) the
+  # planner never learns the tables grew: do what autovacuum would.
+  if [ "$(psql -h 127.0.0.1 -U postgres -Atc 'SHOW autovacuum')" = off ]; then
+    echo "autovacuum is off on this server: running VACUUM ANALYZE every 20 s instead"
+    ( while sleep 20; do
+        psql -h 127.0.0.1 -U postgres -d bench_progress -qc "VACUUM ANALYZE" >/dev/null 2>&1 || true
+        psql -h 127.0.0.1 -U postgres -d bench_goal -qc "ANALYZE" >/dev/null 2>&1 || true
+      done ) &
+    vacuum=$!
+  fi
+fi
+"$bin" server --listen 127.0.0.1:50062 >"$work/server.log" 2>&1 &
+server=$!
+sleep 3
+"$bin" bench --endpoint http://127.0.0.1:50062 "$@"

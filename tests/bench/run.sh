@@ -22,7 +22,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-export MILESTONES__DATA_DIR="$work" MILESTONES__LOG__FILTER=warn
+export MILESTONES__DATA_DIR="$work" MILESTONES__LOG__FILTER=${MILESTONES__LOG__FILTER:-warn}
 if [ "$backend" = postgres ]; then
   for db in bench_goal bench_progress bench_recognition; do
     psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db" >/dev/null

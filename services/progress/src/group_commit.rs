@@ -24,10 +24,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::ops::{NewActivity, Progress};
 
-/// Batches being written at once. More than one lets a batch load and
-/// insert while another waits for its flush; beyond a few they only queue
-/// on the same milestone rows.
-const WRITERS: usize = 2;
+/// Batches being written at once. One: every batch updates the same team
+/// milestones up the tree, so a second writer mostly waits on the first
+/// one's row locks while halving how many calls each batch merges (measured
+/// on PostgreSQL at 16 clients: 2 writers ~1.1k calls/s, 1 writer ~2.2k).
+const WRITERS: usize = 1;
 
 /// Most calls merged into one transaction.
 const MAX_MERGED: usize = 512;

@@ -83,7 +83,7 @@ reference = "".join(pathlib.Path(p).read_text() for p in sys.argv[2:] if pathlib
 KNOWN_KEYS = set(re.findall(r"`(MILESTONES__[A-Z0-9_]+)`", reference))
 if len(KNOWN_KEYS) < 10:
     sys.exit(f"found only {len(KNOWN_KEYS)} documented MILESTONES__ settings in {sys.argv[2:]}; is the reference table gone?")
-SECRETS = {"milestones-db", "milestones-auth"}
+SECRETS = {"milestones-db", "milestones-service-token"}
 GRPC_NAMES = {
     "goal": "milestones.goal.v1.GoalService",
     "progress": "milestones.progress.v1.ProgressService",
@@ -231,6 +231,9 @@ if deps:
 prod = load("overlays_prod")
 config, deps = check_common("prod", prod)
 check(config.get("MILESTONES__AUTH__MODE") == "production", "prod: auth mode production")
+check(config.get("MILESTONES__AUTH__ALGORITHM") in ("RS256", "ES256"), "prod: RS256 or ES256 tokens (HS256 is refused in production)")
+check(config.get("MILESTONES__AUTH__JWKS_URL", "").startswith("https://"), "prod: an https JWKS URL")
+check(bool(config.get("MILESTONES__AUTH__SERVICE_TOKEN_FILE")), "prod: the services' own token file")
 check(config.get("MILESTONES__LOG__FORMAT") == "json", "prod: JSON logs")
 names = sorted(d["metadata"]["name"] for d in deps)
 check(names == sorted(GRPC_NAMES), f"prod: Deployments goal, progress, recognition (got {names})")
@@ -247,7 +250,17 @@ for d in deps:
     check("replicas" not in d["spec"], f"prod/{svc}: replicas left to the HPA")
     env = {e["name"]: e for e in c.get("env", [])}
     check(f"MILESTONES__{svc.upper()}__DATABASE_URL" in env, f"prod/{svc}: database URL from a Secret")
-    check("MILESTONES__AUTH__HS256_SECRET" in env, f"prod/{svc}: HS256 secret from a Secret")
+    check("MILESTONES__AUTH__HS256_SECRET" not in env, f"prod/{svc}: no HS256 secret in production")
+    token_dir = str(pathlib.PurePosixPath(config.get("MILESTONES__AUTH__SERVICE_TOKEN_FILE", "/")).parent)
+    pod_volumes = {v["name"]: v for v in d["spec"]["template"]["spec"].get("volumes", [])}
+    check(
+        any(
+            m["mountPath"] == token_dir
+            and pod_volumes.get(m["name"], {}).get("secret", {}).get("secretName") in SECRETS
+            for m in c.get("volumeMounts", [])
+        ),
+        f"prod/{svc}: the service token file is mounted from a Secret at {token_dir}",
+    )
     hpas = [h for h in kinds(prod, "HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == svc]
     check(len(hpas) == 1 and hpas[0]["spec"]["scaleTargetRef"]["kind"] == "Deployment", f"prod/{svc}: one HPA targets it")
 check(len(kinds(prod, "HorizontalPodAutoscaler")) == 3, "prod: 3 HPAs")

@@ -14,6 +14,7 @@
 //!    database returns. Rows are updated last, to hold their locks briefly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use milestones_api::progress as pb;
@@ -100,6 +101,7 @@ fn civil_date(micros: i64, tz: chrono_tz::Tz) -> NaiveDate {
 }
 
 /// A membership, as needed to find a member's team on a date.
+#[derive(Debug)]
 struct Stint {
     team: String,
     start: String,
@@ -142,17 +144,13 @@ impl Progress {
         );
         let conn = &*txn;
         let now = now_micros();
-        let settings = store::tenant_settings(conn, tenant).await?;
 
         // === 1. load ===
+        let org = self.org_cache.get(conn, tenant).await?;
+        let settings = &org.settings;
+        let metrics = &org.metrics;
+        let known = &org.members;
         let replays = load_replays(conn, caller, &entries).await?;
-        let metric_ids: BTreeSet<&str> = entries.iter().map(|e| e.metric_id.as_str()).collect();
-        let metrics = load_metrics(conn, tenant, &metric_ids).await?;
-        let member_ids: BTreeSet<String> = entries
-            .iter()
-            .flat_map(|e| std::iter::once(e.member_id.clone()).chain(e.splits.iter().map(|(m, _)| m.clone())))
-            .collect();
-        let known = load_known_members(conn, tenant, &member_ids).await?;
         let mut external: BTreeSet<(String, String)> = BTreeSet::new();
         for e in &entries {
             if let Some(r) = &e.external_reference {
@@ -160,12 +158,11 @@ impl Progress {
             }
         }
         let taken = load_taken_references(conn, tenant, &external).await?;
-        let mut scope = Scope::load(conn, tenant, &metric_ids, &member_ids).await?;
 
         let loaded = std::time::Instant::now();
         tracing::debug!(
             entries = entries.len(),
-            candidates = scope.milestones.len(),
+            candidates = org.milestones.len(),
             "ingest: loaded"
         );
         // === 2. plan ===
@@ -263,7 +260,7 @@ impl Progress {
                     .or_default();
                 d.0 += amount;
                 d.1 += 1;
-                for (milestone, owner_teams) in scope.counting(member, &e.metric_id, &day) {
+                for (milestone, owner_teams) in org.counting(member, &e.metric_id, &day) {
                     *milestone_daily.entry((milestone.clone(), day.clone())).or_default() += amount;
                     let delta = deltas.entry(milestone.clone()).or_default();
                     delta.owner_teams = owner_teams;
@@ -414,7 +411,7 @@ impl Progress {
         // whose locks are held until commit.
         upsert_member_daily(conn, tenant, member_daily).await?;
         upsert_milestone_daily(conn, milestone_daily).await?;
-        let (mut events, changed) = apply_deltas(conn, &mut scope, deltas, &settings.calendar, now).await?;
+        let (mut events, changed) = apply_deltas(conn, &org, deltas, &settings.calendar, now).await?;
         for event in &mut events {
             if let Some(trace) = traces.get(&event.activity) {
                 event.trace_parent = trace.to_string();
@@ -483,30 +480,98 @@ async fn upsert_milestone_daily(
 /// date, up the tree. Recording and voiding both use it, so a void takes
 /// back exactly what recording added (a change of scope in between is
 /// reconciled by recomputing the milestones it affects).
-struct Scope {
+///
+/// It is the tenant's whole org copy, kept between batches: it only
+/// changes when the projection applies a change from goal's feed, which
+/// moves the feed cursor in the same transaction, so a batch that reads the
+/// same cursor reads the same org. Every replica checks the cursor, whoever
+/// applied the change.
+#[derive(Debug)]
+pub struct TenantOrg {
+    /// The goal feed position this copy was read at.
+    cursor: i64,
+    settings: milestones_domain::tenant::TenantSettings,
+    /// Metric id → (aggregation, negative values allowed).
+    metrics: HashMap<String, (String, bool)>,
+    members: BTreeSet<String>,
     parents: HashMap<String, Option<String>>,
     stints: HashMap<String, Vec<Stint>>,
+    /// Every ACTIVE milestone (its value and thresholds are re-read under
+    /// lock when a batch applies to it).
     milestones: BTreeMap<String, MilestoneRow>,
     /// Milestone ids by (owner kind, owner id).
     by_owner: HashMap<(&'static str, String), Vec<String>>,
 }
 
-impl Scope {
-    async fn load(
-        conn: &impl ConnectionTrait,
-        tenant: &str,
-        metrics: &BTreeSet<&str>,
-        members: &BTreeSet<String>,
-    ) -> Result<Self, ApiError> {
-        let parents = load_team_parents(conn, tenant).await?;
-        let stints = load_stints(conn, tenant, members).await?;
-        let mut teams: BTreeSet<String> = BTreeSet::new();
-        for member_stints in stints.values() {
-            for s in member_stints {
-                teams.extend(chain(&parents, &s.team));
-            }
+/// The tenants' org copies, shared by the batches of this process.
+#[derive(Clone, Debug, Default)]
+pub struct OrgCache(Arc<std::sync::Mutex<HashMap<String, Arc<TenantOrg>>>>);
+
+impl OrgCache {
+    /// The org of `tenant` as of the goal feed position `conn` sees: the
+    /// kept copy when it is that recent, else read again and kept.
+    async fn get(&self, conn: &impl ConnectionTrait, tenant: &str) -> Result<Arc<TenantOrg>, ApiError> {
+        let cursor = crate::projection::load_cursor(conn).await?;
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).cloned();
+        if let Some(org) = kept.filter(|o| o.cursor == cursor) {
+            return Ok(org);
         }
-        let milestones = load_candidates(conn, tenant, metrics, members, &teams).await?;
+        let org = Arc::new(TenantOrg::load(conn, tenant, cursor).await?);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.to_string(), org.clone());
+        Ok(org)
+    }
+}
+
+impl TenantOrg {
+    async fn load(conn: &impl ConnectionTrait, tenant: &str, cursor: i64) -> Result<Self, ApiError> {
+        let settings = store::tenant_settings(conn, tenant).await?;
+        let mut metrics = HashMap::new();
+        for r in rows(
+            conn,
+            "SELECT id, aggregation, allow_negative_values FROM projection_metrics WHERE tenant_id = $1",
+            vec![tenant.into()],
+        )
+        .await?
+        {
+            metrics.insert(
+                r.try_get("", "id")?,
+                (r.try_get("", "aggregation")?, r.try_get("", "allow_negative_values")?),
+            );
+        }
+        let mut members = BTreeSet::new();
+        for r in rows(
+            conn,
+            "SELECT id FROM projection_members WHERE tenant_id = $1",
+            vec![tenant.into()],
+        )
+        .await?
+        {
+            members.insert(r.try_get("", "id")?);
+        }
+        let parents = load_team_parents(conn, tenant).await?;
+        let mut stints: HashMap<String, Vec<Stint>> = HashMap::new();
+        for r in rows(
+            conn,
+            "SELECT member_id, team_id, start_date, end_date FROM projection_memberships WHERE tenant_id = $1",
+            vec![tenant.into()],
+        )
+        .await?
+        {
+            stints.entry(r.try_get("", "member_id")?).or_default().push(Stint {
+                team: r.try_get("", "team_id")?,
+                start: r.try_get("", "start_date")?,
+                end: r.try_get("", "end_date")?,
+            });
+        }
+        let milestones: BTreeMap<String, MilestoneRow> =
+            store::milestones_where(conn, "tenant_id = $1 AND state = 'active'", vec![tenant.into()])
+                .await?
+                .into_iter()
+                .map(|m| (m.id.clone(), m))
+                .collect();
         let mut by_owner: HashMap<(&'static str, String), Vec<String>> = HashMap::new();
         for m in milestones.values() {
             let kind = if m.owner_kind == "team" { "team" } else { "member" };
@@ -516,6 +581,10 @@ impl Scope {
                 .push(m.id.clone());
         }
         Ok(Self {
+            cursor,
+            settings,
+            metrics,
+            members,
             parents,
             stints,
             milestones,
@@ -556,7 +625,7 @@ impl Scope {
 /// reached it, and the milestones changed.
 async fn apply_deltas(
     conn: &impl ConnectionTrait,
-    scope: &mut Scope,
+    org: &TenantOrg,
     deltas: BTreeMap<String, Delta>,
     calendar: &milestones_domain::calendar::FiscalCalendar,
     now: i64,
@@ -564,7 +633,7 @@ async fn apply_deltas(
     let backend = conn.get_database_backend();
     let deltas: Vec<(String, Delta)> = deltas
         .into_iter()
-        .filter(|(id, _)| scope.milestones.contains_key(id))
+        .filter(|(id, _)| org.milestones.contains_key(id))
         .collect();
     // Two statements per chunk rather than two per milestone: a bulk batch
     // touches every rep's milestone. Rows are locked in id order, so
@@ -590,11 +659,12 @@ async fn apply_deltas(
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 4 + 1);
         let mut tuples: Vec<String> = Vec::with_capacity(chunk.len());
         for (id, delta) in chunk {
-            let (Some(m), Some((before, fired))) = (scope.milestones.get_mut(id), current.get(id)) else {
+            let (Some(kept), Some((before, fired))) = (org.milestones.get(id), current.get(id)) else {
                 // Gone since planning (deleted by the projection): nothing
                 // left to count toward.
                 continue;
             };
+            let m = &mut kept.clone();
             m.fired = serde_json::from_str::<Fired>(fired).unwrap_or_default();
             for (activity, cumulative) in &delta.steps {
                 m.value = before + cumulative;
@@ -714,9 +784,7 @@ impl Progress {
             vec![false.into(), id.into()],
         )
         .await?;
-        let metrics: BTreeSet<&str> = credits.iter().map(|c| c.1.as_str()).collect();
-        let members: BTreeSet<String> = credits.iter().map(|c| c.0.clone()).collect();
-        let mut scope = Scope::load(conn, tenant, &metrics, &members).await?;
+        let org = self.org_cache.get(conn, tenant).await?;
         let mut member_daily: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
         let mut milestone_daily: BTreeMap<(String, String), i64> = BTreeMap::new();
         let mut deltas: BTreeMap<String, Delta> = BTreeMap::new();
@@ -727,7 +795,7 @@ impl Progress {
                 .or_default();
             d.0 -= amount;
             d.1 -= 1;
-            for (milestone, owner_teams) in scope.counting(member, metric, day) {
+            for (milestone, owner_teams) in org.counting(member, metric, day) {
                 *milestone_daily.entry((milestone.clone(), day.clone())).or_default() -= amount;
                 let delta = deltas.entry(milestone.clone()).or_default();
                 delta.owner_teams = owner_teams;
@@ -742,7 +810,7 @@ impl Progress {
         upsert_milestone_daily(conn, milestone_daily).await?;
         // Voiding a negative activity raises the value, which can reach a
         // threshold: the events say so like any other.
-        let (events, changed) = apply_deltas(conn, &mut scope, deltas, &settings.calendar, now).await?;
+        let (events, changed) = apply_deltas(conn, &org, deltas, &settings.calendar, now).await?;
         let out = load_activity(conn, tenant, id).await?;
         if !request_id.is_empty() {
             idempotency::record(&*txn, &key, request, &out.encode_to_vec(), now).await?;
@@ -830,51 +898,6 @@ fn reused(request_id: &str) -> ApiError {
     )
 }
 
-async fn load_metrics(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-    ids: &BTreeSet<&str>,
-) -> Result<HashMap<String, (String, bool)>, ApiError> {
-    let sql = format!(
-        "SELECT id, aggregation, allow_negative_values FROM projection_metrics WHERE tenant_id = $1 AND id IN ({})",
-        placeholders(2, ids.len())
-    );
-    let mut values: Vec<Value> = vec![tenant.into()];
-    values.extend(ids.iter().map(|id| Value::from(*id)));
-    rows(conn, &sql, values)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("", "id")?,
-                (r.try_get("", "aggregation")?, r.try_get("", "allow_negative_values")?),
-            ))
-        })
-        .collect::<Result<_, sea_orm::DbErr>>()
-        .map_err(ApiError::from)
-}
-
-async fn load_known_members(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-    ids: &BTreeSet<String>,
-) -> Result<BTreeSet<String>, ApiError> {
-    let mut out = BTreeSet::new();
-    let ids: Vec<&String> = ids.iter().collect();
-    for chunk in ids.chunks(5_000) {
-        let sql = format!(
-            "SELECT id FROM projection_members WHERE tenant_id = $1 AND id IN ({})",
-            placeholders(2, chunk.len())
-        );
-        let mut values: Vec<Value> = vec![tenant.into()];
-        values.extend(chunk.iter().map(|id| Value::from((*id).clone())));
-        for r in rows(conn, &sql, values).await? {
-            out.insert(r.try_get("", "id")?);
-        }
-    }
-    Ok(out)
-}
-
 async fn load_team_parents(
     conn: &impl ConnectionTrait,
     tenant: &str,
@@ -889,32 +912,6 @@ async fn load_team_parents(
     .map(|r| Ok((r.try_get("", "id")?, r.try_get("", "parent_id")?)))
     .collect::<Result<_, sea_orm::DbErr>>()
     .map_err(ApiError::from)
-}
-
-async fn load_stints(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-    members: &BTreeSet<String>,
-) -> Result<HashMap<String, Vec<Stint>>, ApiError> {
-    let mut out: HashMap<String, Vec<Stint>> = HashMap::new();
-    let members: Vec<&String> = members.iter().collect();
-    for chunk in members.chunks(5_000) {
-        let sql = format!(
-            "SELECT member_id, team_id, start_date, end_date FROM projection_memberships \
-             WHERE tenant_id = $1 AND member_id IN ({})",
-            placeholders(2, chunk.len())
-        );
-        let mut values: Vec<Value> = vec![tenant.into()];
-        values.extend(chunk.iter().map(|id| Value::from((*id).clone())));
-        for r in rows(conn, &sql, values).await? {
-            out.entry(r.try_get("", "member_id")?).or_default().push(Stint {
-                team: r.try_get("", "team_id")?,
-                start: r.try_get("", "start_date")?,
-                end: r.try_get("", "end_date")?,
-            });
-        }
-    }
-    Ok(out)
 }
 
 async fn load_taken_references(
@@ -937,43 +934,6 @@ async fn load_taken_references(
                 if references.contains(&(source.clone(), reference.clone())) {
                     out.insert((source, reference));
                 }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Active milestones on `metrics` owned by `members` or `teams`.
-async fn load_candidates(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-    metrics: &BTreeSet<&str>,
-    members: &BTreeSet<String>,
-    teams: &BTreeSet<String>,
-) -> Result<BTreeMap<String, MilestoneRow>, ApiError> {
-    let mut out = BTreeMap::new();
-    let owners: Vec<(&str, &String)> = members
-        .iter()
-        .map(|m| ("member", m))
-        .chain(teams.iter().map(|t| ("team", t)))
-        .collect();
-    let metric_list: Vec<&str> = metrics.iter().copied().collect();
-    for chunk in owners.chunks(5_000) {
-        let ids: Vec<&String> = chunk.iter().map(|(_, id)| *id).collect();
-        let clause = format!(
-            "tenant_id = $1 AND state = 'active' AND metric_id IN ({}) AND owner_id IN ({})",
-            placeholders(2, metric_list.len()),
-            placeholders(2 + metric_list.len(), ids.len())
-        );
-        let mut values: Vec<Value> = vec![tenant.into()];
-        values.extend(metric_list.iter().map(|m| Value::from(*m)));
-        values.extend(ids.iter().map(|id| Value::from((*id).clone())));
-        for m in store::milestones_where(conn, &clause, values).await? {
-            let wanted = chunk
-                .iter()
-                .any(|(kind, id)| m.owner_kind == *kind && m.owner_id == **id);
-            if wanted {
-                out.insert(m.id.clone(), m);
             }
         }
     }

@@ -60,6 +60,7 @@ impl ProgressService {
             db,
             events: FeedNotifier::default(),
             changes: broadcast::channel(1024).0,
+            org_cache: ingest::OrgCache::default(),
         };
         tokio::spawn(projection::run(
             progress.clone(),

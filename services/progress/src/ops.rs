@@ -54,6 +54,8 @@ pub struct Progress {
     pub db: Db,
     pub events: FeedNotifier,
     pub changes: broadcast::Sender<ProgressChanged>,
+    /// The tenants' org copies ingestion keeps between batches.
+    pub org_cache: crate::ingest::OrgCache,
 }
 
 /// Milestones to recompute after goal changes.

@@ -1225,3 +1225,42 @@ async fn concurrent_and_retried_writes_count_exactly_once() {
     );
     app.stop().await;
 }
+
+/// Two progress replicas on one database: an org change from goal is
+/// applied by whichever replica's feed consumer gets it first, and both
+/// then credit the new member (each keeps an org copy between batches and
+/// must notice changes the other applied).
+#[tokio::test]
+async fn replicas_see_org_changes_applied_by_each_other() {
+    let app = TestApp::spawn().await;
+    let mut settings = milestones_suite::test_settings(
+        app.database_url.clone(),
+        app.progress_database_url.clone(),
+        String::new(),
+    );
+    settings.progress.goal_endpoint = app.endpoint();
+    let replica = TestApp::launch(settings, &["progress"], None).await;
+    let mut goal = app.admin("acme").await;
+    let mut first = app.progress("acme", &[Role::Service]).await;
+    let mut second = replica.progress("acme", &[Role::Service]).await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    // Both replicas keep an org copy that knows Ada.
+    record(&mut first, activity(&ada, &arr, 1, 3, 1, "a-1")).await;
+    record(&mut second, activity(&ada, &arr, 1, 3, 1, "a-2")).await;
+
+    for round in 0..3 {
+        let rep = member(&mut goal, &format!("Rep {round}"), g::MemberRole::Rep).await;
+        let goal_of_rep = active(&mut goal, &rep.name, &arr, "FY2026", 1_000).await;
+        for (i, c) in [&mut first, &mut second].into_iter().enumerate() {
+            record(c, activity(&rep, &arr, 10, 3, 2, &format!("r{round}-{i}"))).await;
+        }
+        let got = value_becomes(&mut second, &goal_of_rep, 20).await;
+        assert_eq!(
+            got.activity_count, 2,
+            "round {round}: both replicas credited the new rep"
+        );
+    }
+    replica.stop().await;
+    app.stop().await;
+}

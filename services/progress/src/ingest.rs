@@ -509,9 +509,11 @@ pub struct OrgCache(Arc<std::sync::Mutex<HashMap<String, Arc<TenantOrg>>>>);
 
 impl OrgCache {
     /// The org of `tenant` as of the goal feed position `conn` sees: the
-    /// kept copy when it is that recent, else read again and kept.
+    /// kept copy when it is that recent, else read again and kept. Holds the
+    /// cursor row shared until the batch ends, so no change is applied (and
+    /// no milestone recomputed without this batch's credits) meanwhile.
     async fn get(&self, conn: &impl ConnectionTrait, tenant: &str) -> Result<Arc<TenantOrg>, ApiError> {
-        let cursor = crate::projection::load_cursor(conn).await?;
+        let cursor = crate::projection::lock_cursor(conn, crate::projection::CursorLock::Ingest).await?;
         let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).cloned();
         if let Some(org) = kept.filter(|o| o.cursor == cursor) {
             return Ok(org);

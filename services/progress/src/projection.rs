@@ -87,10 +87,53 @@ async fn consume(progress: &Progress, endpoint: &str, identity: &ServiceIdentity
 
 /// How far the consumer got.
 pub async fn load_cursor(conn: &impl ConnectionTrait) -> Result<i64, ApiError> {
+    read_cursor(conn, "").await
+}
+
+/// How to hold the cursor row until the transaction ends (PostgreSQL; on
+/// SQLite the one writer at a time already serialises them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorLock {
+    /// An applier: one at a time (across replicas too), and no ingestion
+    /// batch in flight while it changes the org.
+    Apply,
+    /// An ingestion batch: many at once, but not while a change is being
+    /// applied, so a batch never counts with an org copy that a concurrent
+    /// change (and its recompute) is about to make stale.
+    Ingest,
+}
+
+/// The cursor, with its row locked as `lock` says.
+pub async fn lock_cursor(conn: &impl ConnectionTrait, lock: CursorLock) -> Result<i64, ApiError> {
+    if conn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return load_cursor(conn).await;
+    }
+    // An applier needs the row to exist to lock it. (Before the first
+    // change there is no org to ingest against, so a batch that finds no
+    // row has nothing to race with.)
+    if lock == CursorLock::Apply {
+        conn.execute(Statement::from_sql_and_values(
+            conn.get_database_backend(),
+            "INSERT INTO feed_cursors (feed, position) VALUES ($1, 0) ON CONFLICT (feed) DO NOTHING",
+            [Value::from(GOAL_FEED)],
+        ))
+        .await?;
+    }
+    read_cursor(
+        conn,
+        match lock {
+            CursorLock::Apply => " FOR UPDATE",
+            CursorLock::Ingest => " FOR SHARE",
+        },
+    )
+    .await
+}
+
+async fn read_cursor(conn: &impl ConnectionTrait, lock: &str) -> Result<i64, ApiError> {
     let row = conn
         .query_one(Statement::from_sql_and_values(
             conn.get_database_backend(),
-            "SELECT position FROM feed_cursors WHERE feed = $1",
+            format!("SELECT position FROM feed_cursors WHERE feed = $1{lock}"),
             [Value::from(GOAL_FEED)],
         ))
         .await?;
@@ -132,7 +175,7 @@ impl Progress {
     /// Events at or below the stored cursor are skipped (a replay).
     pub async fn apply_goal_change(&self, event: goal_pb::ChangeEvent) -> Result<(), ApiError> {
         let txn = self.db.begin_write().await?;
-        if event.sequence <= load_cursor(&*txn).await? {
+        if event.sequence <= lock_cursor(&*txn, CursorLock::Apply).await? {
             return Ok(());
         }
         let mut reconcile = Reconcile::default();

@@ -73,7 +73,10 @@ fn reply<T>(r: Result<T, ApiError>) -> Reply<T> {
 impl ProgressService for ProgressApi {
     async fn record_activity(&self, req: Request<pb::RecordActivityRequest>) -> Reply<pb::Activity> {
         let caller = caller(&req, WRITERS, "RecordActivity")?;
-        let entry = parse_activity("", req.get_ref(), now_micros()).map_err(|v| status(v.into()))?;
+        let mut entry = parse_activity("", req.get_ref(), now_micros()).map_err(|v| status(v.into()))?;
+        // Recorded in the group commit's task: keep this call's trace for
+        // the events it causes.
+        entry.trace_parent = milestones_runtime::telemetry::current_traceparent();
         reply(self.group_commit.record(caller, entry).await)
     }
 

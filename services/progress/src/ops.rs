@@ -81,8 +81,9 @@ pub struct NewActivity {
     pub request_id: String,
     /// The request as sent, `request_id` cleared, for idempotency.
     pub request: Vec<u8>,
-    /// The W3C trace context of the call, for the events it causes (the
-    /// call may be recorded in another task's transaction).
+    /// The W3C trace context of the call, for the events it causes, when it
+    /// is recorded in another task's transaction (the group commit); empty
+    /// means the task recording it runs in the call's trace.
     pub trace_parent: String,
 }
 
@@ -193,7 +194,7 @@ pub fn parse_activity(prefix: &str, req: &pb::RecordActivityRequest, now: i64) -
         splits,
         request_id: req.request_id.clone(),
         request: clean.encode_to_vec(),
-        trace_parent: milestones_runtime::telemetry::current_traceparent(),
+        trace_parent: String::new(),
     })
 }
 
@@ -295,7 +296,8 @@ pub fn event_of(
         start_date: period.map(|p| date_to_wire(p.start())),
         end_date: period.map(|p| date_to_wire(p.end())),
         fiscal_period: period.and_then(|p| calendar.name_of(&p)).unwrap_or_default(),
-        trace_parent: milestones_runtime::telemetry::current_traceparent(),
+        // Set when the event is written (commit_with_events).
+        trace_parent: String::new(),
     }
 }
 
@@ -322,9 +324,18 @@ impl Progress {
     pub async fn commit_with_events(
         &self,
         txn: WriteTxn,
-        events: Vec<pb::MilestoneEvent>,
+        mut events: Vec<pb::MilestoneEvent>,
         changed: Vec<ProgressChanged>,
     ) -> Result<(), ApiError> {
+        // Events continue the trace of the call that caused them: the one
+        // running now, unless the event names another (a group-committed
+        // activity's own caller).
+        if events.iter().any(|e| e.trace_parent.is_empty()) {
+            let trace = milestones_runtime::telemetry::current_traceparent();
+            for e in events.iter_mut().filter(|e| e.trace_parent.is_empty()) {
+                e.trace_parent.clone_from(&trace);
+            }
+        }
         let now = now_micros();
         let has_events = !events.is_empty();
         EVENT_LOG

@@ -46,7 +46,7 @@ if [ "$backend" = postgres ]; then
     vacuum=$!
   fi
 fi
-"$bin" server --listen 127.0.0.1:50062 >"$work/server.log" 2>&1 &
+"$bin" server --listen 127.0.0.1:50062 >"${SERVER_LOG:-$work/server.log}" 2>&1 &
 server=$!
 sleep 3
 "$bin" bench --endpoint http://127.0.0.1:50062 "$@"

@@ -27,71 +27,10 @@ use milestones_runtime::ApiError;
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Value};
 
-use crate::ops::{event_of, load_activity, NewActivity, Progress, ProgressChanged};
+use crate::ops::{load_activity, NewActivity, Progress};
 use crate::rules;
-use crate::store::{self, exec, rows, Fired, MilestoneRow};
-
-/// Most bind parameters in one statement, well below SQLite's (32766) and
-/// PostgreSQL's (65535) limits: larger statements gain nothing.
-const MAX_PARAMS: usize = 8_000;
-
-/// `$start, ..., $(start+n-1)`; on SQLite plain `?` (parameters in order),
-/// because SQLite looks up `$N` and `?N` parameters in a list, which costs
-/// time quadratic in their number.
-fn placeholders_for(backend: DatabaseBackend, start: usize, n: usize) -> String {
-    if backend == DatabaseBackend::Sqlite {
-        return vec!["?"; n].join(", ");
-    }
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn placeholders(start: usize, n: usize) -> String {
-    placeholders_for(DatabaseBackend::Postgres, start, n)
-}
-
-/// Inserts `rows` (each with `columns.len()` values) in as few statements
-/// as the parameter limit allows; `suffix` follows each statement (e.g. an
-/// ON CONFLICT clause).
-async fn insert_rows(
-    conn: &impl ConnectionTrait,
-    table: &str,
-    columns: &[&str],
-    rows: Vec<Vec<Value>>,
-    suffix: &str,
-) -> Result<(), ApiError> {
-    let started = std::time::Instant::now();
-    let total = rows.len();
-    let per_statement = (MAX_PARAMS / columns.len()).max(1);
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Value>> = rows.by_ref().take(per_statement).collect();
-        let mut values = Vec::with_capacity(chunk.len() * columns.len());
-        let mut tuples = Vec::with_capacity(chunk.len());
-        for row in chunk {
-            tuples.push(format!(
-                "({})",
-                placeholders_for(conn.get_database_backend(), values.len() + 1, row.len())
-            ));
-            values.extend(row);
-        }
-        let sql = format!(
-            "INSERT INTO {table} ({}) VALUES {} {suffix}",
-            columns.join(", "),
-            tuples.join(", ")
-        );
-        exec(conn, &sql, values).await?;
-    }
-    tracing::debug!(
-        table,
-        rows = total,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "ingest: inserted"
-    );
-    Ok(())
-}
+use crate::store::{self, exec, rows, MilestoneRow};
+use crate::writes::{self, WriteError, Writes};
 
 /// The civil date of an instant in a time zone.
 fn civil_date(micros: i64, tz: chrono_tz::Tz) -> NaiveDate {
@@ -106,17 +45,6 @@ struct Stint {
     team: String,
     start: String,
     end: Option<String>,
-}
-
-/// One milestone's share of the batch.
-#[derive(Default)]
-struct Delta {
-    amount: i64,
-    activities: i64,
-    /// (activity id, delta so far, running delta after it): to attribute
-    /// crossings to the activity that caused them.
-    steps: Vec<(String, i64)>,
-    owner_teams: Vec<String>,
 }
 
 impl Progress {
@@ -167,11 +95,7 @@ impl Progress {
         );
         // === 2. plan ===
         let mut out: Vec<Option<pb::Activity>> = Vec::with_capacity(entries.len());
-        let mut activity_rows = Vec::new();
-        let mut credit_rows = Vec::new();
-        let mut member_daily: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
-        let mut milestone_daily: BTreeMap<(String, String), i64> = BTreeMap::new();
-        let mut deltas: BTreeMap<String, Delta> = BTreeMap::new();
+        let mut w = Writes::default();
         let mut seen_references: BTreeSet<(String, String)> = BTreeSet::new();
         let mut responses: Vec<(usize, pb::Activity)> = Vec::new();
         // Each event continues the trace of the call that recorded its
@@ -227,7 +151,7 @@ impl Progress {
             };
             let day = format_date(civil_date(e.occurred_at, settings.time_zone));
             let id = uuid::Uuid::now_v7().to_string();
-            activity_rows.push(vec![
+            w.activities.push(vec![
                 id.clone().into(),
                 tenant.into(),
                 e.member_id.clone().into(),
@@ -246,7 +170,7 @@ impl Progress {
             ]);
             let mut touched_by_this: BTreeSet<String> = BTreeSet::new();
             for ((member, _), amount) in credited.iter().zip(&amounts) {
-                credit_rows.push(vec![
+                w.credits.push(vec![
                     id.clone().into(),
                     member.clone().into(),
                     tenant.into(),
@@ -255,14 +179,15 @@ impl Progress {
                     day.clone().into(),
                     true.into(),
                 ]);
-                let d = member_daily
+                let d = w
+                    .member_daily
                     .entry((member.clone(), e.metric_id.clone(), day.clone()))
                     .or_default();
                 d.0 += amount;
                 d.1 += 1;
                 for (milestone, owner_teams) in org.counting(member, &e.metric_id, &day) {
-                    *milestone_daily.entry((milestone.clone(), day.clone())).or_default() += amount;
-                    let delta = deltas.entry(milestone.clone()).or_default();
+                    *w.milestone_daily.entry((milestone.clone(), day.clone())).or_default() += amount;
+                    let delta = w.deltas.entry(milestone.clone()).or_default();
                     delta.owner_teams = owner_teams;
                     delta.amount = delta.amount.saturating_add(*amount);
                     delta.steps.push((id.clone(), delta.amount));
@@ -315,59 +240,8 @@ impl Progress {
         tracing::debug!(elapsed_ms = loaded.elapsed().as_millis() as u64, "ingest: planned");
         let planned = std::time::Instant::now();
         // === 3. write ===
-        insert_rows(
-            conn,
-            "activities",
-            &[
-                "id",
-                "tenant_id",
-                "member_id",
-                "metric_id",
-                "value",
-                "occurred_at",
-                "occurred_date",
-                "source",
-                "external_reference",
-                "credit_splits",
-                "state",
-                "void_reason",
-                "void_time",
-                "create_time",
-                "recorded_by",
-            ],
-            activity_rows,
-            "",
-        )
-        .await
-        .map_err(|e| match e {
-            // A concurrent call took an external reference first.
-            ApiError::Aborted { .. } if !external.is_empty() => ApiError::AlreadyExists {
-                reason: "EXTERNAL_REFERENCE_EXISTS",
-                message:
-                    "an activity with one of these external references was just recorded; void it first to replace it"
-                        .to_string(),
-            },
-            e => e,
-        })?;
-        insert_rows(
-            conn,
-            "activity_credits",
-            &[
-                "activity_id",
-                "member_id",
-                "tenant_id",
-                "metric_id",
-                "amount",
-                "occurred_date",
-                "active",
-            ],
-            credit_rows,
-            "",
-        )
-        .await?;
-        let mut key_rows = Vec::new();
         for (i, response) in &responses {
-            key_rows.push(vec![
+            w.keys.push(vec![
                 tenant.into(),
                 caller.subject.clone().into(),
                 "RecordActivity".into(),
@@ -377,102 +251,30 @@ impl Progress {
                 now.into(),
             ]);
         }
-        insert_rows(
-            conn,
-            "idempotency_keys",
-            &[
-                "tenant_id",
-                "caller",
-                "method",
-                "request_id",
-                "request",
-                "response",
-                "create_time",
-            ],
-            key_rows,
-            "",
-        )
-        .await
-        .map_err(|e| match e {
-            ApiError::Aborted { .. } => ApiError::Aborted {
+        let (mut events, changed) = writes::write(conn, tenant, &org, w, now).await.map_err(|e| match e {
+            WriteError::ExternalReferenceTaken => ApiError::AlreadyExists {
+                reason: "EXTERNAL_REFERENCE_EXISTS",
+                message: "an activity with one of these external references was just recorded; \
+                              void it first to replace it"
+                    .to_string(),
+            },
+            WriteError::RequestIdTaken => ApiError::Aborted {
                 reason: "REQUEST_IN_FLIGHT",
                 message: "a concurrent call with one of these request ids committed first; retry to get its result"
                     .to_string(),
             },
-            e => e,
+            WriteError::Other(e) => e,
         })?;
-
-        tracing::debug!(
-            elapsed_ms = planned.elapsed().as_millis() as u64,
-            "ingest: rows written"
-        );
-        let written = std::time::Instant::now();
-        // Running totals last: every concurrent call wants the same rows,
-        // whose locks are held until commit.
-        upsert_member_daily(conn, tenant, member_daily).await?;
-        upsert_milestone_daily(conn, milestone_daily).await?;
-        let (mut events, changed) = apply_deltas(conn, &org, deltas, &settings.calendar, now).await?;
         for event in &mut events {
             if let Some(trace) = traces.get(&event.activity) {
                 event.trace_parent = trace.to_string();
             }
         }
-        tracing::debug!(
-            elapsed_ms = written.elapsed().as_millis() as u64,
-            "ingest: milestones updated"
-        );
+        tracing::debug!(elapsed_ms = planned.elapsed().as_millis() as u64, "ingest: written");
         self.commit_with_events(txn, events, changed).await?;
         milestones_runtime::telemetry::record_ingested(responses.len(), batch);
         Ok(out.into_iter().flatten().collect())
     }
-}
-
-/// Adds per-(member, metric, day) totals and counts.
-async fn upsert_member_daily(
-    conn: &impl ConnectionTrait,
-    tenant: &str,
-    totals: BTreeMap<(String, String, String), (i64, i64)>,
-) -> Result<(), ApiError> {
-    insert_rows(
-        conn,
-        "member_daily",
-        &["tenant_id", "member_id", "metric_id", "day", "amount", "activity_count"],
-        totals
-            .into_iter()
-            .map(|((member, metric, day), (amount, n))| {
-                vec![
-                    tenant.into(),
-                    member.into(),
-                    metric.into(),
-                    day.into(),
-                    amount.into(),
-                    n.into(),
-                ]
-            })
-            .collect(),
-        "ON CONFLICT (tenant_id, member_id, metric_id, day) DO UPDATE SET \
-         amount = member_daily.amount + excluded.amount, \
-         activity_count = member_daily.activity_count + excluded.activity_count",
-    )
-    .await
-}
-
-/// Adds per-(milestone, day) totals.
-async fn upsert_milestone_daily(
-    conn: &impl ConnectionTrait,
-    totals: BTreeMap<(String, String), i64>,
-) -> Result<(), ApiError> {
-    insert_rows(
-        conn,
-        "milestone_daily",
-        &["milestone_id", "day", "amount"],
-        totals
-            .into_iter()
-            .map(|((m, day), amount)| vec![m.into(), day.into(), amount.into()])
-            .collect(),
-        "ON CONFLICT (milestone_id, day) DO UPDATE SET amount = milestone_daily.amount + excluded.amount",
-    )
-    .await
 }
 
 /// Which active milestones a credit counts toward: the credited member's
@@ -490,7 +292,7 @@ async fn upsert_milestone_daily(
 pub struct TenantOrg {
     /// The goal feed position this copy was read at.
     cursor: i64,
-    settings: milestones_domain::tenant::TenantSettings,
+    pub(crate) settings: milestones_domain::tenant::TenantSettings,
     /// Metric id → (aggregation, negative values allowed).
     metrics: HashMap<String, (String, bool)>,
     members: BTreeSet<String>,
@@ -498,7 +300,7 @@ pub struct TenantOrg {
     stints: HashMap<String, Vec<Stint>>,
     /// Every ACTIVE milestone (its value and thresholds are re-read under
     /// lock when a batch applies to it).
-    milestones: BTreeMap<String, MilestoneRow>,
+    pub(crate) milestones: BTreeMap<String, MilestoneRow>,
     /// Milestone ids by (owner kind, owner id).
     by_owner: HashMap<(&'static str, String), Vec<String>>,
 }
@@ -621,103 +423,6 @@ impl TenantOrg {
     }
 }
 
-/// Adds each milestone's delta relatively, in id order (so concurrent calls
-/// lock rows in one order and never lose an update), and returns the events
-/// of the thresholds reached, each attributed to the activity whose step
-/// reached it, and the milestones changed.
-async fn apply_deltas(
-    conn: &impl ConnectionTrait,
-    org: &TenantOrg,
-    deltas: BTreeMap<String, Delta>,
-    calendar: &milestones_domain::calendar::FiscalCalendar,
-    now: i64,
-) -> Result<(Vec<pb::MilestoneEvent>, Vec<ProgressChanged>), ApiError> {
-    let backend = conn.get_database_backend();
-    let deltas: Vec<(String, Delta)> = deltas
-        .into_iter()
-        .filter(|(id, _)| org.milestones.contains_key(id))
-        .collect();
-    // Two statements per chunk rather than two per milestone: a bulk batch
-    // touches every rep's milestone. Rows are locked in id order, so
-    // concurrent batches queue instead of deadlocking, and read under the
-    // lock, so the thresholds reached are decided on the current values.
-    let mut events = Vec::new();
-    let mut changed = Vec::new();
-    for chunk in deltas.chunks(MAX_PARAMS / 4) {
-        let ids: Vec<Value> = chunk.iter().map(|(id, _)| Value::from(id.clone())).collect();
-        let lock = if backend == DatabaseBackend::Postgres {
-            " FOR UPDATE"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "SELECT id, value, fired FROM milestone_progress WHERE id IN ({}) ORDER BY id{lock}",
-            placeholders_for(backend, 1, chunk.len())
-        );
-        let mut current: HashMap<String, (i64, String)> = HashMap::new();
-        for r in rows(conn, &sql, ids).await? {
-            current.insert(r.try_get("", "id")?, (r.try_get("", "value")?, r.try_get("", "fired")?));
-        }
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 4 + 1);
-        let mut tuples: Vec<String> = Vec::with_capacity(chunk.len());
-        for (id, delta) in chunk {
-            let (Some(kept), Some((before, fired))) = (org.milestones.get(id), current.get(id)) else {
-                // Gone since planning (deleted by the projection): nothing
-                // left to count toward.
-                continue;
-            };
-            let m = &mut kept.clone();
-            m.fired = serde_json::from_str::<Fired>(fired).unwrap_or_default();
-            for (activity, cumulative) in &delta.steps {
-                m.value = before + cumulative;
-                for crossing in rules::crossings(m, now) {
-                    events.push(event_of(
-                        m,
-                        &crossing,
-                        &delta.owner_teams,
-                        Some(activity),
-                        calendar,
-                        now,
-                    ));
-                }
-            }
-            m.value = before + delta.amount;
-            let p = placeholders_for(backend, values.len() + 1, 4);
-            let p: Vec<&str> = p.split(", ").collect();
-            tuples.push(format!(
-                "({}, CAST({} AS BIGINT), CAST({} AS BIGINT), {})",
-                p[0], p[1], p[2], p[3]
-            ));
-            values.extend([
-                Value::from(id.clone()),
-                Value::from(delta.amount),
-                Value::from(delta.activities),
-                Value::from(serde_json::to_string(&m.fired).unwrap_or_else(|_| "{}".into())),
-            ]);
-            changed.push(ProgressChanged {
-                tenant_id: m.tenant_id.clone(),
-                milestone_id: id.clone(),
-                owner_kind: m.owner_kind.clone(),
-                owner_id: m.owner_id.clone(),
-            });
-        }
-        if tuples.is_empty() {
-            continue;
-        }
-        let now_placeholder = placeholders_for(backend, values.len() + 1, 1);
-        values.push(now.into());
-        let sql = format!(
-            "WITH d(id, delta, n, fired) AS (VALUES {}) \
-             UPDATE milestone_progress SET value = milestone_progress.value + d.delta, \
-             activity_count = milestone_progress.activity_count + d.n, fired = d.fired, \
-             value_time = {now_placeholder} FROM d WHERE milestone_progress.id = d.id",
-            tuples.join(", ")
-        );
-        exec(conn, &sql, values).await?;
-    }
-    Ok((events, changed))
-}
-
 impl Progress {
     /// Voids an activity: its credits stop counting and every active
     /// milestone they count toward goes down by exactly their amounts.
@@ -758,7 +463,6 @@ impl Progress {
             ));
         }
         let now = now_micros();
-        let settings = store::tenant_settings(conn, tenant).await?;
         exec(
             conn,
             "UPDATE activities SET state = 'voided', void_reason = $1, void_time = $2 WHERE id = $3",
@@ -787,19 +491,18 @@ impl Progress {
         )
         .await?;
         let org = self.org_cache.get(conn, tenant).await?;
-        let mut member_daily: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
-        let mut milestone_daily: BTreeMap<(String, String), i64> = BTreeMap::new();
-        let mut deltas: BTreeMap<String, Delta> = BTreeMap::new();
+        let mut w = Writes::default();
         let mut touched: BTreeSet<String> = BTreeSet::new();
         for (member, metric, amount, day) in &credits {
-            let d = member_daily
+            let d = w
+                .member_daily
                 .entry((member.clone(), metric.clone(), day.clone()))
                 .or_default();
             d.0 -= amount;
             d.1 -= 1;
             for (milestone, owner_teams) in org.counting(member, metric, day) {
-                *milestone_daily.entry((milestone.clone(), day.clone())).or_default() -= amount;
-                let delta = deltas.entry(milestone.clone()).or_default();
+                *w.milestone_daily.entry((milestone.clone(), day.clone())).or_default() -= amount;
+                let delta = w.deltas.entry(milestone.clone()).or_default();
                 delta.owner_teams = owner_teams;
                 delta.amount = delta.amount.saturating_sub(*amount);
                 delta.steps = vec![(id.to_string(), delta.amount)];
@@ -808,11 +511,12 @@ impl Progress {
                 }
             }
         }
-        upsert_member_daily(conn, tenant, member_daily).await?;
-        upsert_milestone_daily(conn, milestone_daily).await?;
         // Voiding a negative activity raises the value, which can reach a
         // threshold: the events say so like any other.
-        let (events, changed) = apply_deltas(conn, &org, deltas, &settings.calendar, now).await?;
+        let (events, changed) = writes::write(conn, tenant, &org, w, now).await.map_err(|e| match e {
+            WriteError::Other(e) => e,
+            e => ApiError::Internal(anyhow::anyhow!("a void inserts no rows, yet {e:?}")),
+        })?;
         let out = load_activity(conn, tenant, id).await?;
         if !request_id.is_empty() {
             idempotency::record(&*txn, &key, request, &out.encode_to_vec(), now).await?;
@@ -845,24 +549,28 @@ async fn load_replays(
 ) -> Result<HashMap<usize, pb::Activity>, ApiError> {
     let mut stored: HashMap<String, (Vec<u8>, Vec<u8>)> = HashMap::new();
     let ids: Vec<&str> = entries.iter().map(|e| e.request_id.as_str()).collect();
-    for chunk in ids.chunks(5_000) {
-        let sql = format!(
-            "SELECT request_id, request, response FROM idempotency_keys WHERE tenant_id = $1 AND caller = $2 \
-             AND method = $3 AND request_id IN ({})",
-            placeholders(4, chunk.len())
+    // One key lookup per id, whatever the planner knows of the table (a
+    // plain `IN` may scan all of the caller's keys when statistics are
+    // stale).
+    let sql = if conn.get_database_backend() == DatabaseBackend::Postgres {
+        "SELECT k.request_id, k.request, k.response FROM jsonb_array_elements_text($4::jsonb) AS r(id) \
+         CROSS JOIN LATERAL (SELECT request_id, request, response FROM idempotency_keys \
+         WHERE tenant_id = $1 AND caller = $2 AND method = $3 AND request_id = r.id OFFSET 0) k"
+    } else {
+        "SELECT request_id, request, response FROM idempotency_keys WHERE tenant_id = $1 AND caller = $2 \
+         AND method = $3 AND request_id IN (SELECT value FROM json_each($4))"
+    };
+    let values: Vec<Value> = vec![
+        caller.tenant_id.clone().into(),
+        caller.subject.clone().into(),
+        "RecordActivity".into(),
+        serde_json::to_string(&ids).unwrap_or_default().into(),
+    ];
+    for r in rows(conn, sql, values).await? {
+        stored.insert(
+            r.try_get("", "request_id")?,
+            (r.try_get("", "request")?, r.try_get("", "response")?),
         );
-        let mut values: Vec<Value> = vec![
-            caller.tenant_id.clone().into(),
-            caller.subject.clone().into(),
-            "RecordActivity".into(),
-        ];
-        values.extend(chunk.iter().map(|id| Value::from(*id)));
-        for r in rows(conn, &sql, values).await? {
-            stored.insert(
-                r.try_get("", "request_id")?,
-                (r.try_get("", "request")?, r.try_get("", "response")?),
-            );
-        }
     }
     let mut out = HashMap::new();
     let mut in_batch: HashMap<&str, &[u8]> = HashMap::new();
@@ -922,20 +630,24 @@ async fn load_taken_references(
     references: &BTreeSet<(String, String)>,
 ) -> Result<BTreeSet<(String, String)>, ApiError> {
     let mut out = BTreeSet::new();
-    let refs: Vec<&(String, String)> = references.iter().collect();
-    for chunk in refs.chunks(5_000) {
-        let sql = format!(
-            "SELECT source, external_reference FROM activities WHERE tenant_id = $1 AND external_reference IN ({})",
-            placeholders(2, chunk.len())
-        );
-        let mut values: Vec<Value> = vec![tenant.into()];
-        values.extend(chunk.iter().map(|(_, r)| Value::from(r.clone())));
-        for r in rows(conn, &sql, values).await? {
-            let pair: (String, Option<String>) = (r.try_get("", "source")?, r.try_get("", "external_reference")?);
-            if let (source, Some(reference)) = pair {
-                if references.contains(&(source.clone(), reference.clone())) {
-                    out.insert((source, reference));
-                }
+    if references.is_empty() {
+        return Ok(out);
+    }
+    let sql = if conn.get_database_backend() == DatabaseBackend::Postgres {
+        "SELECT a.source, a.external_reference FROM jsonb_array_elements($2::jsonb) AS r \
+         CROSS JOIN LATERAL (SELECT source, external_reference FROM activities \
+         WHERE tenant_id = $1 AND source = r->>0 AND external_reference = r->>1 OFFSET 0) a"
+    } else {
+        "SELECT source, external_reference FROM activities WHERE tenant_id = $1 \
+         AND (source, external_reference) IN (SELECT value->>0, value->>1 FROM json_each($2))"
+    };
+    let wanted: Vec<&(String, String)> = references.iter().collect();
+    let values: Vec<Value> = vec![tenant.into(), serde_json::to_string(&wanted).unwrap_or_default().into()];
+    for r in rows(conn, sql, values).await? {
+        let pair: (String, Option<String>) = (r.try_get("", "source")?, r.try_get("", "external_reference")?);
+        if let (source, Some(reference)) = pair {
+            if references.contains(&(source.clone(), reference.clone())) {
+                out.insert((source, reference));
             }
         }
     }

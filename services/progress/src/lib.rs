@@ -24,6 +24,7 @@ pub mod reads;
 pub mod rules;
 pub mod schema;
 pub mod store;
+pub mod writes;
 
 use milestones_api::progress::progress_service_server::ProgressServiceServer;
 use milestones_runtime::auth::Authenticator;

@@ -1,0 +1,451 @@
+//! Writing what a batch of activities (or a void) changes: its new rows and
+//! the running totals they move.
+//!
+//! On PostgreSQL the whole write is one statement whose text does not
+//! depend on the batch size: every row set travels as one JSON parameter.
+//! Each round trip to the database costs both processes a wake-up and a
+//! system call or two, which at small batches (concurrent unary calls)
+//! costs more than the rows themselves; and a fixed text is parsed and
+//! planned once per connection, not once per batch size. SQLite runs in
+//! process, so it keeps plain multi-row statements.
+//!
+//! Milestone values are updated relatively (`value = value + delta`), in
+//! id order under row locks, so concurrent batches never lose an update and
+//! never deadlock on each other; the thresholds reached are decided from the
+//! values the update returns, and only milestones that reached one are
+//! written again.
+
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine as _;
+use milestones_api::progress as pb;
+use milestones_runtime::ApiError;
+use sea_orm::{ConnectionTrait, DatabaseBackend, Statement, Value};
+
+use crate::ingest::TenantOrg;
+use crate::ops::{event_of, ProgressChanged};
+use crate::rules;
+use crate::store::{exec, rows, Fired};
+
+/// Most bind parameters in one statement, well below SQLite's (32766) and
+/// PostgreSQL's (65535) limits: larger statements gain nothing.
+const MAX_PARAMS: usize = 8_000;
+
+/// A column's SQL type, to read it back from JSON on PostgreSQL.
+#[derive(Clone, Copy)]
+enum Ty {
+    Text,
+    BigInt,
+    Bool,
+    Bytes,
+}
+
+const ACTIVITY_COLUMNS: &[(&str, Ty)] = &[
+    ("id", Ty::Text),
+    ("tenant_id", Ty::Text),
+    ("member_id", Ty::Text),
+    ("metric_id", Ty::Text),
+    ("value", Ty::BigInt),
+    ("occurred_at", Ty::BigInt),
+    ("occurred_date", Ty::Text),
+    ("source", Ty::Text),
+    ("external_reference", Ty::Text),
+    ("credit_splits", Ty::Text),
+    ("state", Ty::Text),
+    ("void_reason", Ty::Text),
+    ("void_time", Ty::BigInt),
+    ("create_time", Ty::BigInt),
+    ("recorded_by", Ty::Text),
+];
+
+const CREDIT_COLUMNS: &[(&str, Ty)] = &[
+    ("activity_id", Ty::Text),
+    ("member_id", Ty::Text),
+    ("tenant_id", Ty::Text),
+    ("metric_id", Ty::Text),
+    ("amount", Ty::BigInt),
+    ("occurred_date", Ty::Text),
+    ("active", Ty::Bool),
+];
+
+const KEY_COLUMNS: &[(&str, Ty)] = &[
+    ("tenant_id", Ty::Text),
+    ("caller", Ty::Text),
+    ("method", Ty::Text),
+    ("request_id", Ty::Text),
+    ("request", Ty::Bytes),
+    ("response", Ty::Bytes),
+    ("create_time", Ty::BigInt),
+];
+
+const MEMBER_DAILY_COLUMNS: &[(&str, Ty)] = &[
+    ("tenant_id", Ty::Text),
+    ("member_id", Ty::Text),
+    ("metric_id", Ty::Text),
+    ("day", Ty::Text),
+    ("amount", Ty::BigInt),
+    ("activity_count", Ty::BigInt),
+];
+const MEMBER_DAILY_CONFLICT: &str = "ON CONFLICT (tenant_id, member_id, metric_id, day) DO UPDATE SET \
+     amount = member_daily.amount + excluded.amount, \
+     activity_count = member_daily.activity_count + excluded.activity_count";
+
+const MILESTONE_DAILY_COLUMNS: &[(&str, Ty)] = &[("milestone_id", Ty::Text), ("day", Ty::Text), ("amount", Ty::BigInt)];
+const MILESTONE_DAILY_CONFLICT: &str =
+    "ON CONFLICT (milestone_id, day) DO UPDATE SET amount = milestone_daily.amount + excluded.amount";
+
+/// One milestone's share of a batch.
+#[derive(Default)]
+pub struct Delta {
+    pub amount: i64,
+    pub activities: i64,
+    /// (activity id, running delta after it): to attribute crossings to the
+    /// activity that caused them.
+    pub steps: Vec<(String, i64)>,
+    pub owner_teams: Vec<String>,
+}
+
+/// Everything one transaction of ingestion writes. Rows are in the column
+/// order of their table's `*_COLUMNS`.
+#[derive(Default)]
+pub struct Writes {
+    pub activities: Vec<Vec<Value>>,
+    pub credits: Vec<Vec<Value>>,
+    pub keys: Vec<Vec<Value>>,
+    /// (member, metric, day) → (amount, activities).
+    pub member_daily: BTreeMap<(String, String, String), (i64, i64)>,
+    /// (milestone, day) → amount.
+    pub milestone_daily: BTreeMap<(String, String), i64>,
+    /// Milestone id → its share.
+    pub deltas: BTreeMap<String, Delta>,
+}
+
+/// Why a write failed.
+#[derive(Debug)]
+pub enum WriteError {
+    /// `activities_external_reference`: a concurrent call recorded the same
+    /// (source, external reference) first.
+    ExternalReferenceTaken,
+    /// `idempotency_keys`: a concurrent call with the same request id
+    /// committed first.
+    RequestIdTaken,
+    Other(ApiError),
+}
+
+impl From<ApiError> for WriteError {
+    fn from(e: ApiError) -> Self {
+        WriteError::Other(e)
+    }
+}
+
+/// A unique violation names its constraint, so callers can say which
+/// input collided.
+impl From<sea_orm::DbErr> for WriteError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        if let Some(sea_orm::SqlErr::UniqueConstraintViolation(text)) = err.sql_err() {
+            if text.contains("idempotency_keys") {
+                return WriteError::RequestIdTaken;
+            }
+            if text.contains("activities_external_reference") {
+                return WriteError::ExternalReferenceTaken;
+            }
+        }
+        WriteError::Other(ApiError::from(err))
+    }
+}
+
+/// Writes `w` and returns the events of the thresholds it reached and the
+/// milestones it changed.
+pub async fn write(
+    conn: &impl ConnectionTrait,
+    tenant: &str,
+    org: &TenantOrg,
+    w: Writes,
+    now: i64,
+) -> Result<(Vec<pb::MilestoneEvent>, Vec<ProgressChanged>), WriteError> {
+    let deltas: Vec<(String, Delta)> = w
+        .deltas
+        .into_iter()
+        .filter(|(id, _)| org.milestones.contains_key(id))
+        .collect();
+    let member_daily: Vec<Vec<Value>> = w
+        .member_daily
+        .into_iter()
+        .map(|((member, metric, day), (amount, n))| {
+            vec![
+                tenant.into(),
+                member.into(),
+                metric.into(),
+                day.into(),
+                amount.into(),
+                n.into(),
+            ]
+        })
+        .collect();
+    let milestone_daily: Vec<Vec<Value>> = w
+        .milestone_daily
+        .into_iter()
+        .map(|((m, day), amount)| vec![m.into(), day.into(), amount.into()])
+        .collect();
+    let updated = if conn.get_database_backend() == DatabaseBackend::Postgres {
+        write_postgres(
+            conn,
+            [w.activities, w.credits, w.keys, member_daily, milestone_daily],
+            &deltas,
+            now,
+        )
+        .await?
+    } else {
+        insert_rows(conn, "activities", ACTIVITY_COLUMNS, w.activities, "").await?;
+        insert_rows(conn, "activity_credits", CREDIT_COLUMNS, w.credits, "").await?;
+        insert_rows(conn, "idempotency_keys", KEY_COLUMNS, w.keys, "").await?;
+        insert_rows(
+            conn,
+            "member_daily",
+            MEMBER_DAILY_COLUMNS,
+            member_daily,
+            MEMBER_DAILY_CONFLICT,
+        )
+        .await?;
+        insert_rows(
+            conn,
+            "milestone_daily",
+            MILESTONE_DAILY_COLUMNS,
+            milestone_daily,
+            MILESTONE_DAILY_CONFLICT,
+        )
+        .await?;
+        add_deltas_sqlite(conn, &deltas, now).await?
+    };
+    Ok(settle(conn, org, &deltas, updated, now).await?)
+}
+
+/// The value and announced thresholds of a milestone after the update.
+type Updated = HashMap<String, (i64, String)>;
+
+/// The whole write in one statement: the inserts, the daily totals, and the
+/// milestone values (locked in id order first), returning the new values.
+async fn write_postgres(
+    conn: &impl ConnectionTrait,
+    [activities, credits, keys, member_daily, milestone_daily]: [Vec<Vec<Value>>; 5],
+    deltas: &[(String, Delta)],
+    now: i64,
+) -> Result<Updated, WriteError> {
+    // `d` reads its rows through `unnest(ARRAY(...))`, which the planner
+    // expects to be short (10 rows, against 100 for a JSON array): so it
+    // finds the milestones through their key, not by reading the whole
+    // table, which a batch of a few activities cannot afford.
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "WITH a AS ({}), c AS ({}), k AS ({}), md AS ({}), sd AS ({}), \
+             d AS (SELECT r->>0 AS id, (r->>1)::bigint AS delta, (r->>2)::bigint AS n \
+                   FROM unnest(ARRAY(SELECT jsonb_array_elements($6::jsonb))) r), \
+             locked AS (SELECT id FROM milestone_progress WHERE id IN (SELECT id FROM d) ORDER BY id FOR UPDATE), \
+             u AS (UPDATE milestone_progress m SET value = m.value + d.delta, \
+                   activity_count = m.activity_count + d.n, value_time = $7 \
+                   FROM d WHERE m.id = d.id AND m.id IN (SELECT id FROM locked) \
+                   RETURNING m.id, m.value, m.fired) \
+             SELECT id, value, fired FROM u",
+            json_insert("activities", ACTIVITY_COLUMNS, 1, ""),
+            json_insert("activity_credits", CREDIT_COLUMNS, 2, ""),
+            json_insert("idempotency_keys", KEY_COLUMNS, 3, ""),
+            json_insert("member_daily", MEMBER_DAILY_COLUMNS, 4, MEMBER_DAILY_CONFLICT),
+            json_insert("milestone_daily", MILESTONE_DAILY_COLUMNS, 5, MILESTONE_DAILY_CONFLICT),
+        )
+    });
+    let deltas: Vec<Vec<Value>> = deltas
+        .iter()
+        .map(|(id, d)| vec![id.clone().into(), d.amount.into(), d.activities.into()])
+        .collect();
+    let values: Vec<Value> = vec![
+        json_rows(&activities).into(),
+        json_rows(&credits).into(),
+        json_rows(&keys).into(),
+        json_rows(&member_daily).into(),
+        json_rows(&milestone_daily).into(),
+        json_rows(&deltas).into(),
+        now.into(),
+    ];
+    let found = conn
+        .query_all(Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values))
+        .await?;
+    let mut out = HashMap::new();
+    for r in found {
+        out.insert(r.try_get("", "id")?, (r.try_get("", "value")?, r.try_get("", "fired")?));
+    }
+    Ok(out)
+}
+
+/// `INSERT INTO table (...) SELECT ... FROM` the JSON array of rows in
+/// parameter `$param`, each row an array in column order.
+fn json_insert(table: &str, columns: &[(&str, Ty)], param: usize, suffix: &str) -> String {
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    let exprs: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ty))| match ty {
+            Ty::Text => format!("r->>{i}"),
+            Ty::BigInt => format!("(r->>{i})::bigint"),
+            Ty::Bool => format!("(r->>{i})::boolean"),
+            Ty::Bytes => format!("decode(r->>{i}, 'base64')"),
+        })
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM jsonb_array_elements(${param}::jsonb) r {suffix}",
+        names.join(", "),
+        exprs.join(", ")
+    )
+}
+
+/// Rows as a JSON array of arrays; bytes in base64.
+fn json_rows(rows: &[Vec<Value>]) -> String {
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| serde_json::Value::Array(row.iter().map(json_value).collect()))
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+fn json_value(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::String(Some(s)) => J::from(s.as_str()),
+        Value::BigInt(Some(n)) => J::from(*n),
+        Value::Int(Some(n)) => J::from(*n),
+        Value::Bool(Some(b)) => J::from(*b),
+        Value::Bytes(Some(b)) => J::from(base64::engine::general_purpose::STANDARD.encode(b.as_slice())),
+        _ => J::Null,
+    }
+}
+
+/// Inserts `rows` in as few statements as the parameter limit allows;
+/// `suffix` follows each statement (e.g. an ON CONFLICT clause). SQLite
+/// takes plain `?` parameters, in order: it looks `$N` up in a list, which
+/// costs time quadratic in their number.
+async fn insert_rows(
+    conn: &impl ConnectionTrait,
+    table: &str,
+    columns: &[(&str, Ty)],
+    rows: Vec<Vec<Value>>,
+    suffix: &str,
+) -> Result<(), WriteError> {
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    let tuple = format!("({})", vec!["?"; columns.len()].join(", "));
+    let per_statement = (MAX_PARAMS / columns.len()).max(1);
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Value>> = rows.by_ref().take(per_statement).collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {} {suffix}",
+            names.join(", "),
+            vec![tuple.as_str(); chunk.len()].join(", ")
+        );
+        let values: Vec<Value> = chunk.into_iter().flatten().collect();
+        conn.execute(Statement::from_sql_and_values(conn.get_database_backend(), sql, values))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Adds each milestone's delta on SQLite (whose writers take turns, so no
+/// lock order is needed) and returns the new values.
+async fn add_deltas_sqlite(
+    conn: &impl ConnectionTrait,
+    deltas: &[(String, Delta)],
+    now: i64,
+) -> Result<Updated, ApiError> {
+    let mut out = HashMap::new();
+    for chunk in deltas.chunks(MAX_PARAMS / 3) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 3 + 1);
+        for (id, d) in chunk {
+            values.extend([Value::from(id.clone()), d.amount.into(), d.activities.into()]);
+        }
+        values.push(now.into());
+        let sql = format!(
+            "WITH d(id, delta, n) AS (VALUES {}) \
+             UPDATE milestone_progress SET value = milestone_progress.value + d.delta, \
+             activity_count = milestone_progress.activity_count + d.n, value_time = ? \
+             FROM d WHERE milestone_progress.id = d.id \
+             RETURNING milestone_progress.id, milestone_progress.value, milestone_progress.fired",
+            vec!["(?, CAST(? AS BIGINT), CAST(? AS BIGINT))"; chunk.len()].join(", ")
+        );
+        for r in rows(conn, &sql, values).await? {
+            out.insert(r.try_get("", "id")?, (r.try_get("", "value")?, r.try_get("", "fired")?));
+        }
+    }
+    Ok(out)
+}
+
+/// Decides the thresholds each updated milestone reached, step by step in
+/// request order (each attributed to the activity whose step reached it),
+/// and records them as announced.
+async fn settle(
+    conn: &impl ConnectionTrait,
+    org: &TenantOrg,
+    deltas: &[(String, Delta)],
+    updated: Updated,
+    now: i64,
+) -> Result<(Vec<pb::MilestoneEvent>, Vec<ProgressChanged>), ApiError> {
+    let mut events = Vec::new();
+    let mut changed = Vec::new();
+    let mut announced: Vec<Vec<Value>> = Vec::new();
+    for (id, delta) in deltas {
+        let (Some(kept), Some((after, fired))) = (org.milestones.get(id), updated.get(id)) else {
+            // Gone since planning (deleted by the projection): nothing left
+            // to count toward.
+            continue;
+        };
+        let before = after - delta.amount;
+        let m = &mut kept.clone();
+        m.fired = serde_json::from_str::<Fired>(fired).unwrap_or_default();
+        let was = m.fired.clone();
+        for (activity, cumulative) in &delta.steps {
+            m.value = before + cumulative;
+            for crossing in rules::crossings(m, now) {
+                events.push(event_of(
+                    m,
+                    &crossing,
+                    &delta.owner_teams,
+                    Some(activity),
+                    &org.settings.calendar,
+                    now,
+                ));
+            }
+        }
+        if m.fired != was {
+            announced.push(vec![
+                id.clone().into(),
+                serde_json::to_string(&m.fired).unwrap_or_else(|_| "{}".into()).into(),
+            ]);
+        }
+        changed.push(ProgressChanged {
+            tenant_id: m.tenant_id.clone(),
+            milestone_id: id.clone(),
+            owner_kind: m.owner_kind.clone(),
+            owner_id: m.owner_id.clone(),
+        });
+    }
+    if announced.is_empty() {
+        return Ok((events, changed));
+    }
+    if conn.get_database_backend() == DatabaseBackend::Postgres {
+        exec(
+            conn,
+            "UPDATE milestone_progress m SET fired = r->>1 FROM jsonb_array_elements($1::jsonb) r \
+             WHERE m.id = r->>0",
+            vec![json_rows(&announced).into()],
+        )
+        .await?;
+    } else {
+        for chunk in announced.chunks(MAX_PARAMS / 2) {
+            let sql = format!(
+                "WITH d(id, fired) AS (VALUES {}) UPDATE milestone_progress SET fired = d.fired \
+                 FROM d WHERE milestone_progress.id = d.id",
+                vec!["(?, ?)"; chunk.len()].join(", ")
+            );
+            exec(conn, &sql, chunk.iter().flatten().cloned().collect()).await?;
+        }
+    }
+    Ok((events, changed))
+}

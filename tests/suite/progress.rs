@@ -1223,6 +1223,25 @@ async fn concurrent_and_retried_writes_count_exactly_once() {
         violated_fields(&expect_code(batch, Code::InvalidArgument)),
         vec!["requests[1].request_id"]
     );
+
+    // A batch that repeats an earlier call and adds a new one: the repeat
+    // answers with the stored activity, and only the new one counts.
+    let earlier = record(&mut prog, activity(&reps[1], &arr, 1, 5, 1, "mixed-old")).await;
+    let mixed = prog
+        .record_activities(p::RecordActivitiesRequest {
+            requests: vec![
+                activity(&reps[1], &arr, 1, 5, 1, "mixed-old"),
+                activity(&reps[2], &arr, 7, 5, 1, "mixed-new"),
+            ],
+        })
+        .await
+        .expect("mixed batch")
+        .into_inner()
+        .activities;
+    assert_eq!(mixed[0], earlier);
+    assert_ne!(mixed[1].name, earlier.name);
+    let got = value_becomes(&mut prog, &team_goal, 1 + 4 * 10 * 10 + 20 + 1 + 7).await;
+    assert_eq!(got.activity_count, 1 + 40 + 20 + 2);
     app.stop().await;
 }
 

@@ -69,10 +69,24 @@ impl GroupCommit {
     }
 }
 
+/// How long a batch waits for the callers of the previous batch to come
+/// back: a client that got its reply usually sends its next call within a
+/// fraction of a millisecond.
+const REGROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Takes whatever has queued each time a writer is free, so batches grow
 /// with load and a lone call waits for nothing.
+///
+/// Callers that wait on their replies (most clients) come back together
+/// just after a batch commits, while the next batch has already started
+/// with the one or two calls that were early: batches would alternate
+/// between a few calls and all the others, each paying a whole
+/// transaction. So when fewer calls are waiting than the previous batch
+/// held, the next batch waits briefly (at most [`REGROUP_WAIT`]) for that
+/// many to gather.
 async fn dispatch(progress: Progress, mut calls: mpsc::Receiver<Pending>) {
     let writers = Arc::new(Semaphore::new(WRITERS));
+    let mut previous_size = 0;
     loop {
         let Ok(permit) = writers.clone().acquire_owned().await else {
             return;
@@ -81,12 +95,20 @@ async fn dispatch(progress: Progress, mut calls: mpsc::Receiver<Pending>) {
             return;
         };
         let mut batch = vec![first];
+        let regroup = tokio::time::Instant::now() + REGROUP_WAIT;
         while batch.len() < MAX_MERGED {
             match calls.try_recv() {
                 Ok(p) => batch.push(p),
+                Err(_) if batch.len() < previous_size => {
+                    match tokio::time::timeout_at(regroup, calls.recv()).await {
+                        Ok(Some(p)) => batch.push(p),
+                        _ => break,
+                    }
+                }
                 Err(_) => break,
             }
         }
+        previous_size = batch.len();
         let progress = progress.clone();
         tokio::spawn(async move {
             // Idempotency keys belong to a caller: merge per caller only.

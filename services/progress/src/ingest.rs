@@ -56,6 +56,43 @@ impl Progress {
         entries: Vec<NewActivity>,
         batch: bool,
     ) -> Result<Vec<pb::Activity>, ApiError> {
+        // On PostgreSQL a batch first assumes that none of its request ids
+        // ran before, which saves looking them up: the write skips a stored
+        // key and reports it, and the batch runs again, looking them up.
+        let mut look_up = self.db.conn().get_database_backend() != DatabaseBackend::Postgres;
+        for attempt in 0..3 {
+            match self.record_attempt(caller, &entries, batch, look_up).await {
+                Err(WriteError::RequestIdTaken) if attempt < 2 => look_up = true,
+                // A retried call answers with its first outcome even if it
+                // would fail now (its member since removed, say).
+                Err(_) if !look_up => look_up = true,
+                Ok(recorded) => return Ok(recorded),
+                Err(WriteError::ExternalReferenceTaken) => {
+                    return Err(ApiError::AlreadyExists {
+                        reason: "EXTERNAL_REFERENCE_EXISTS",
+                        message: "an activity with one of these external references was just recorded; \
+                                  void it first to replace it"
+                            .to_string(),
+                    })
+                }
+                Err(WriteError::Other(e)) => return Err(e),
+                Err(WriteError::RequestIdTaken) => break,
+            }
+        }
+        Err(ApiError::Aborted {
+            reason: "REQUEST_IN_FLIGHT",
+            message: "a concurrent call with one of these request ids committed first; retry to get its result"
+                .to_string(),
+        })
+    }
+
+    async fn record_attempt(
+        &self,
+        caller: &Caller,
+        entries: &[NewActivity],
+        batch: bool,
+        look_up_replays: bool,
+    ) -> Result<Vec<pb::Activity>, WriteError> {
         let tenant = caller.tenant_id.as_str();
         let field = |i: usize, f: &str| {
             if batch {
@@ -78,9 +115,9 @@ impl Progress {
         let settings = &org.settings;
         let metrics = &org.metrics;
         let known = &org.members;
-        let replays = load_replays(conn, caller, &entries).await?;
+        let replays = load_replays(conn, caller, entries, look_up_replays).await?;
         let mut external: BTreeSet<(String, String)> = BTreeSet::new();
-        for e in &entries {
+        for e in entries {
             if let Some(r) = &e.external_reference {
                 external.insert((e.source.clone(), r.clone()));
             }
@@ -112,7 +149,7 @@ impl Progress {
                 .ok_or_else(|| ApiError::not_found(Collection::Metrics.name(&e.metric_id)))?;
             for m in std::iter::once(&e.member_id).chain(e.splits.iter().map(|(m, _)| m)) {
                 if !known.contains(m) {
-                    return Err(ApiError::not_found(Collection::Members.name(m)));
+                    return Err(ApiError::not_found(Collection::Members.name(m)).into());
                 }
             }
             if e.value < 0 && !allow_negative {
@@ -123,7 +160,8 @@ impl Progress {
                         Collection::Metrics.name(&e.metric_id),
                         e.value
                     ),
-                ));
+                )
+                .into());
             }
             if let Some(r) = &e.external_reference {
                 let key = (e.source.clone(), r.clone());
@@ -134,7 +172,8 @@ impl Progress {
                             "an activity from {} with external_reference {r:?} is already recorded; void it first to replace it",
                             e.source
                         ),
-                    });
+                    }
+                    .into());
                 }
             }
             let credited: Vec<(String, u32)> = if e.splits.is_empty() {
@@ -251,20 +290,7 @@ impl Progress {
                 now.into(),
             ]);
         }
-        let (mut events, changed) = writes::write(conn, tenant, &org, w, now).await.map_err(|e| match e {
-            WriteError::ExternalReferenceTaken => ApiError::AlreadyExists {
-                reason: "EXTERNAL_REFERENCE_EXISTS",
-                message: "an activity with one of these external references was just recorded; \
-                              void it first to replace it"
-                    .to_string(),
-            },
-            WriteError::RequestIdTaken => ApiError::Aborted {
-                reason: "REQUEST_IN_FLIGHT",
-                message: "a concurrent call with one of these request ids committed first; retry to get its result"
-                    .to_string(),
-            },
-            WriteError::Other(e) => e,
-        })?;
+        let (mut events, changed) = writes::write(conn, tenant, &org, w, now).await?;
         for event in &mut events {
             if let Some(trace) = traces.get(&event.activity) {
                 event.trace_parent = trace.to_string();
@@ -546,8 +572,12 @@ async fn load_replays(
     conn: &impl ConnectionTrait,
     caller: &Caller,
     entries: &[NewActivity],
+    look_up: bool,
 ) -> Result<HashMap<usize, pb::Activity>, ApiError> {
     let mut stored: HashMap<String, (Vec<u8>, Vec<u8>)> = HashMap::new();
+    if !look_up {
+        return check_unique_ids(entries, stored);
+    }
     let ids: Vec<&str> = entries.iter().map(|e| e.request_id.as_str()).collect();
     // One key lookup per id, whatever the planner knows of the table (a
     // plain `IN` may scan all of the caller's keys when statistics are
@@ -572,6 +602,15 @@ async fn load_replays(
             (r.try_get("", "request")?, r.try_get("", "response")?),
         );
     }
+    check_unique_ids(entries, stored)
+}
+
+/// The entries found in `stored`, by index; refuses an id reused with
+/// another payload, or sent twice in the batch.
+fn check_unique_ids(
+    entries: &[NewActivity],
+    stored: HashMap<String, (Vec<u8>, Vec<u8>)>,
+) -> Result<HashMap<usize, pb::Activity>, ApiError> {
     let mut out = HashMap::new();
     let mut in_batch: HashMap<&str, &[u8]> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {

@@ -126,8 +126,8 @@ pub enum WriteError {
     /// `activities_external_reference`: a concurrent call recorded the same
     /// (source, external reference) first.
     ExternalReferenceTaken,
-    /// `idempotency_keys`: a concurrent call with the same request id
-    /// committed first.
+    /// `idempotency_keys`: a request id of the batch is already stored, by a
+    /// call that committed first (a retry, or a concurrent duplicate).
     RequestIdTaken,
     Other(ApiError),
 }
@@ -246,10 +246,10 @@ async fn write_postgres(
                    activity_count = m.activity_count + d.n, value_time = $7 \
                    FROM d WHERE m.id = d.id AND m.id IN (SELECT id FROM locked) \
                    RETURNING m.id, m.value, m.fired) \
-             SELECT id, value, fired FROM u",
+             SELECT kc.n AS keys, u.id, u.value, u.fired FROM (SELECT count(*) AS n FROM k) kc LEFT JOIN u ON true",
             json_insert("activities", ACTIVITY_COLUMNS, 1, ""),
             json_insert("activity_credits", CREDIT_COLUMNS, 2, ""),
-            json_insert("idempotency_keys", KEY_COLUMNS, 3, ""),
+            json_insert("idempotency_keys", KEY_COLUMNS, 3, "ON CONFLICT DO NOTHING RETURNING 1"),
             json_insert("member_daily", MEMBER_DAILY_COLUMNS, 4, MEMBER_DAILY_CONFLICT),
             json_insert("milestone_daily", MILESTONE_DAILY_COLUMNS, 5, MILESTONE_DAILY_CONFLICT),
         )
@@ -267,12 +267,20 @@ async fn write_postgres(
         json_rows(&deltas).into(),
         now.into(),
     ];
+    let expected_keys = keys.len() as i64;
     let found = conn
         .query_all(Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values))
         .await?;
     let mut out = HashMap::new();
     for r in found {
-        out.insert(r.try_get("", "id")?, (r.try_get("", "value")?, r.try_get("", "fired")?));
+        // A key already stored (a retry, or a concurrent call with the same
+        // id that committed first) was skipped, and the whole write is void.
+        if r.try_get::<i64>("", "keys")? != expected_keys {
+            return Err(WriteError::RequestIdTaken);
+        }
+        if let Some(id) = r.try_get::<Option<String>>("", "id")? {
+            out.insert(id, (r.try_get("", "value")?, r.try_get("", "fired")?));
+        }
     }
     Ok(out)
 }

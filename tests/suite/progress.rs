@@ -1245,6 +1245,67 @@ async fn concurrent_and_retried_writes_count_exactly_once() {
     app.stop().await;
 }
 
+/// A large batch (written in two statements on PostgreSQL: its rows, then
+/// the running totals) counts every entry once for the rep and up the
+/// tree; sent again, it answers with the same activities and counts
+/// nothing more.
+#[tokio::test]
+async fn a_large_batch_counts_once_and_replays_whole() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let sales = team(&mut goal, "Sales", "").await;
+    let emea = team(&mut goal, "EMEA", &sales.name).await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mut reps = Vec::new();
+    for i in 0..3 {
+        let r = member(&mut goal, &format!("Rep {i}"), g::MemberRole::Rep).await;
+        membership(&mut goal, &r, &emea, date(2026, 1, 1), None)
+            .await
+            .expect("membership");
+        reps.push(r);
+    }
+    let top = active(&mut goal, &sales.name, &arr, "FY2026", 1_000_000).await;
+    let own = active(&mut goal, &reps[0].name, &arr, "FY2026", 1_000_000).await;
+    progress_of(&mut prog, &top).await;
+    progress_of(&mut prog, &own).await;
+    let requests: Vec<p::RecordActivityRequest> = (0..300)
+        .map(|i| {
+            activity(
+                &reps[i % 3],
+                &arr,
+                1 + i as i64,
+                1 + (i % 10) as u32,
+                1,
+                &format!("big-{i}"),
+            )
+        })
+        .collect();
+    let total: i64 = (0..300).map(|i| 1 + i as i64).sum();
+    let rep0: i64 = (0..300).filter(|i| i % 3 == 0).map(|i| 1 + i as i64).sum();
+    let batch = p::RecordActivitiesRequest { requests };
+    let first = prog
+        .record_activities(batch.clone())
+        .await
+        .expect("large batch")
+        .into_inner()
+        .activities;
+    assert_eq!(first.len(), 300);
+    let got = value_becomes(&mut prog, &top, total).await;
+    assert_eq!(got.activity_count, 300);
+    assert_eq!(value_becomes(&mut prog, &own, rep0).await.activity_count, 100);
+    let again = prog
+        .record_activities(batch)
+        .await
+        .expect("replayed batch")
+        .into_inner()
+        .activities;
+    assert_eq!(again, first);
+    let got = progress_of(&mut prog, &top).await;
+    assert_eq!((got.value, got.activity_count), (total, 300));
+    app.stop().await;
+}
+
 /// Two progress replicas on one database: an org change from goal is
 /// applied by whichever replica's feed consumer gets it first, and both
 /// then credit the new member (each keeps an org copy between batches and

@@ -99,12 +99,10 @@ async fn dispatch(progress: Progress, mut calls: mpsc::Receiver<Pending>) {
         while batch.len() < MAX_MERGED {
             match calls.try_recv() {
                 Ok(p) => batch.push(p),
-                Err(_) if batch.len() < previous_size => {
-                    match tokio::time::timeout_at(regroup, calls.recv()).await {
-                        Ok(Some(p)) => batch.push(p),
-                        _ => break,
-                    }
-                }
+                Err(_) if batch.len() < previous_size => match tokio::time::timeout_at(regroup, calls.recv()).await {
+                    Ok(Some(p)) => batch.push(p),
+                    _ => break,
+                },
                 Err(_) => break,
             }
         }

@@ -62,6 +62,7 @@ impl ProgressService {
             events: FeedNotifier::default(),
             changes: broadcast::channel(1024).0,
             org_cache: ingest::OrgCache::default(),
+            bulk_gate: ingest::BulkGate::default(),
         };
         tokio::spawn(projection::run(
             progress.clone(),

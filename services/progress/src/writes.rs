@@ -223,61 +223,117 @@ pub async fn write(
 /// The value and announced thresholds of a milestone after the update.
 type Updated = HashMap<String, (i64, String)>;
 
-/// The whole write in one statement: the inserts, the daily totals, and the
-/// milestone values (locked in id order first), returning the new values.
+/// Batches at least this big insert their rows in a statement of their own
+/// before touching the running totals: the totals' rows are what
+/// concurrent batches queue on, and their locks are then held only for the
+/// totals and the commit. Smaller batches save the round trip instead.
+const SEPARATE_INSERTS_FROM: usize = 64;
+
+/// The whole write in one or two statements: the inserts, the daily
+/// totals, and the milestone values (locked in id order first), returning
+/// the new values.
 async fn write_postgres(
     conn: &impl ConnectionTrait,
     [activities, credits, keys, member_daily, milestone_daily]: [Vec<Vec<Value>>; 5],
     deltas: &[(String, Delta)],
     now: i64,
 ) -> Result<Updated, WriteError> {
+    // The statements' texts do not depend on the batch, so each connection
+    // parses and plans them once.
+    static ALL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static INSERTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static TOTALS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let inserts = |first: usize| {
+        format!(
+            "a AS ({}), c AS ({}), k AS ({})",
+            json_insert("activities", ACTIVITY_COLUMNS, first, ""),
+            json_insert("activity_credits", CREDIT_COLUMNS, first + 1, ""),
+            json_insert(
+                "idempotency_keys",
+                KEY_COLUMNS,
+                first + 2,
+                "ON CONFLICT DO NOTHING RETURNING 1"
+            ),
+        )
+    };
     // `d` reads its rows through `unnest(ARRAY(...))`, which the planner
     // expects to be short (10 rows, against 100 for a JSON array): so it
     // finds the milestones through their key, not by reading the whole
     // table, which a batch of a few activities cannot afford.
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let sql = SQL.get_or_init(|| {
+    let totals = |first: usize| {
         format!(
-            "WITH a AS ({}), c AS ({}), k AS ({}), md AS ({}), sd AS ({}), \
+            "md AS ({}), sd AS ({}), \
              d AS (SELECT r->>0 AS id, (r->>1)::bigint AS delta, (r->>2)::bigint AS n \
-                   FROM unnest(ARRAY(SELECT jsonb_array_elements($6::jsonb))) r), \
+                   FROM unnest(ARRAY(SELECT jsonb_array_elements(${}::jsonb))) r), \
              locked AS (SELECT id FROM milestone_progress WHERE id IN (SELECT id FROM d) ORDER BY id FOR UPDATE), \
              u AS (UPDATE milestone_progress m SET value = m.value + d.delta, \
-                   activity_count = m.activity_count + d.n, value_time = $7 \
+                   activity_count = m.activity_count + d.n, value_time = ${} \
                    FROM d WHERE m.id = d.id AND m.id IN (SELECT id FROM locked) \
-                   RETURNING m.id, m.value, m.fired) \
-             SELECT kc.n AS keys, u.id, u.value, u.fired FROM (SELECT count(*) AS n FROM k) kc LEFT JOIN u ON true",
-            json_insert("activities", ACTIVITY_COLUMNS, 1, ""),
-            json_insert("activity_credits", CREDIT_COLUMNS, 2, ""),
-            json_insert("idempotency_keys", KEY_COLUMNS, 3, "ON CONFLICT DO NOTHING RETURNING 1"),
-            json_insert("member_daily", MEMBER_DAILY_COLUMNS, 4, MEMBER_DAILY_CONFLICT),
-            json_insert("milestone_daily", MILESTONE_DAILY_COLUMNS, 5, MILESTONE_DAILY_CONFLICT),
+                   RETURNING m.id, m.value, m.fired)",
+            json_insert("member_daily", MEMBER_DAILY_COLUMNS, first, MEMBER_DAILY_CONFLICT),
+            json_insert(
+                "milestone_daily",
+                MILESTONE_DAILY_COLUMNS,
+                first + 1,
+                MILESTONE_DAILY_CONFLICT
+            ),
+            first + 2,
+            first + 3,
         )
-    });
+    };
+    let expected_keys = keys.len() as i64;
     let deltas: Vec<Vec<Value>> = deltas
         .iter()
         .map(|(id, d)| vec![id.clone().into(), d.amount.into(), d.activities.into()])
         .collect();
-    let values: Vec<Value> = vec![
+    let new_rows: Vec<Value> = vec![
         json_rows(&activities).into(),
         json_rows(&credits).into(),
         json_rows(&keys).into(),
+    ];
+    let total_rows: Vec<Value> = vec![
         json_rows(&member_daily).into(),
         json_rows(&milestone_daily).into(),
         json_rows(&deltas).into(),
         now.into(),
     ];
-    let expected_keys = keys.len() as i64;
-    let found = conn
-        .query_all(Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values))
-        .await?;
-    let mut out = HashMap::new();
-    for r in found {
-        // A key already stored (a retry, or a concurrent call with the same
-        // id that committed first) was skipped, and the whole write is void.
+    let query = |sql: &str, values: Vec<Value>| {
+        conn.query_all(Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values))
+    };
+    // A key already stored (a retry, or a concurrent call with the same id
+    // that committed first) was skipped, and the whole write is void.
+    let check_keys = |r: &sea_orm::QueryResult| -> Result<(), WriteError> {
         if r.try_get::<i64>("", "keys")? != expected_keys {
             return Err(WriteError::RequestIdTaken);
         }
+        Ok(())
+    };
+    let mut out = HashMap::new();
+    let found = if activities.len() >= SEPARATE_INSERTS_FROM {
+        let sql = INSERTS.get_or_init(|| format!("WITH {} SELECT count(*) AS keys FROM k", inserts(1)));
+        for r in query(sql, new_rows).await? {
+            check_keys(&r)?;
+        }
+        let sql = TOTALS.get_or_init(|| format!("WITH {} SELECT id, value, fired FROM u", totals(1)));
+        query(sql, total_rows).await?
+    } else {
+        let sql = ALL.get_or_init(|| {
+            format!(
+                "WITH {}, {} SELECT kc.keys, u.id, u.value, u.fired \
+                 FROM (SELECT count(*) AS keys FROM k) kc LEFT JOIN u ON true",
+                inserts(1),
+                totals(4)
+            )
+        });
+        let mut values = new_rows;
+        values.extend(total_rows);
+        let found = query(sql, values).await?;
+        for r in &found {
+            check_keys(r)?;
+        }
+        found
+    };
+    for r in found {
         if let Some(id) = r.try_get::<Option<String>>("", "id")? {
             out.insert(id, (r.try_get("", "value")?, r.try_get("", "fired")?));
         }

@@ -1,17 +1,19 @@
 //! Recording activities, in bulk.
 //!
 //! A call (one activity or a batch of up to 1,000) is one transaction in
-//! three steps, so that its cost is a few dozen statements whatever its size:
+//! three steps, so that its cost is a few statements whatever its size:
 //!
-//! 1. **Load** what the batch needs in a handful of queries: replays of its
-//!    request ids, its metrics and members, the tenant's team tree, the
-//!    members' memberships, and the active milestones they can count toward.
+//! 1. **Load** what the batch needs: the tenant's org copy (kept between
+//!    batches while goal's feed cursor has not moved: metrics, members, team
+//!    tree, memberships, active milestones), replays of its request ids (on
+//!    SQLite; PostgreSQL assumes there are none and finds out on write), and
+//!    external references already taken.
 //! 2. **Plan** in memory, in request order: credits, the milestones each
 //!    credit counts toward on its date, and the rows to write.
-//! 3. **Write** with multi-row statements; milestone values are updated
-//!    relatively (`value = value + delta ... RETURNING`), so concurrent calls
-//!    never lose an update, and crossings are detected from the values the
-//!    database returns. Rows are updated last, to hold their locks briefly.
+//! 3. **Write** ([`crate::writes`]): the new rows, then the running totals;
+//!    milestone values are updated relatively (`value = value + delta ...
+//!    RETURNING`), so concurrent calls never lose an update, and crossings
+//!    are detected from the values the database returns.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

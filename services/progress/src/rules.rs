@@ -123,7 +123,13 @@ pub fn pace(m: &MilestoneRow, period: Option<&DateRange>, today: NaiveDate) -> P
         if c == 0 {
             return a;
         }
-        i64::try_from(i128::from(a) * i128::from(b) / i128::from(c)).unwrap_or(if a >= 0 { i64::MAX } else { i64::MIN })
+        // Floor, as the contract says "rounded down": a negative forecast
+        // (a period of credit notes) rounds away from zero.
+        i64::try_from((i128::from(a) * i128::from(b)).div_euclid(i128::from(c))).unwrap_or(if a >= 0 {
+            i64::MAX
+        } else {
+            i64::MIN
+        })
     };
     let expected = mul_div(m.target, elapsed, total);
     let projected = if elapsed == 0 || elapsed == total {
@@ -240,6 +246,8 @@ mod tests {
             (d(1, 10), 799, 10, 1_000, 799, pb::ProgressStatus::OffTrack),
             (d(1, 11), 999, 10, 1_000, 999, pb::ProgressStatus::Missed),
             (d(1, 3), 1_000, 3, 300, 3_333, pb::ProgressStatus::Achieved),
+            // Rounded down, not toward zero: -100 × 10 / 3 = -333.3.
+            (d(1, 3), -100, 3, 300, -334, pb::ProgressStatus::OffTrack),
         ];
         for (today, value, elapsed, expected, projected, status) in cases {
             let p = pace(&row(1_000, value, "active"), Some(&period()), today);

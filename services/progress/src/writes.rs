@@ -10,8 +10,8 @@
 //! process, so it keeps plain multi-row statements.
 //!
 //! Milestone values are updated relatively (`value = value + delta`), in
-//! id order under row locks, so concurrent batches never lose an update and
-//! never deadlock on each other; the thresholds reached are decided from the
+//! id order, so concurrent batches never lose an update and never deadlock
+//! on each other; the thresholds reached are decided from the
 //! values the update returns, and only milestones that reached one are
 //! written again.
 
@@ -230,8 +230,7 @@ type Updated = HashMap<String, (i64, String)>;
 const SEPARATE_INSERTS_FROM: usize = 64;
 
 /// The whole write in one or two statements: the inserts, the daily
-/// totals, and the milestone values (locked in id order first), returning
-/// the new values.
+/// totals, and the milestone values, returning the new values.
 async fn write_postgres(
     conn: &impl ConnectionTrait,
     [activities, credits, keys, member_daily, milestone_daily]: [Vec<Vec<Value>>; 5],
@@ -258,17 +257,21 @@ async fn write_postgres(
     };
     // `d` reads its rows through `unnest(ARRAY(...))`, which the planner
     // expects to be short (10 rows, against 100 for a JSON array): so it
-    // finds the milestones through their key, not by reading the whole
-    // table, which a batch of a few activities cannot afford.
+    // finds the milestones through their key, one by one in the order of
+    // `d`, not by reading the whole table, which a batch of a few
+    // activities cannot afford. Every row set arrives sorted by key, so
+    // concurrent batches lock their common rows in the same order and queue
+    // instead of deadlocking, without a separate `FOR UPDATE` pass (which
+    // doubled the work per milestone row: measured 4.3k -> 5.0-5.6k calls/s
+    // at 16 clients without it).
     let totals = |first: usize| {
         format!(
             "md AS ({}), sd AS ({}), \
              d AS (SELECT r->>0 AS id, (r->>1)::bigint AS delta, (r->>2)::bigint AS n \
                    FROM unnest(ARRAY(SELECT jsonb_array_elements(${}::jsonb))) r), \
-             locked AS (SELECT id FROM milestone_progress WHERE id IN (SELECT id FROM d) ORDER BY id FOR UPDATE), \
              u AS (UPDATE milestone_progress m SET value = m.value + d.delta, \
                    activity_count = m.activity_count + d.n, value_time = ${} \
-                   FROM d WHERE m.id = d.id AND m.id IN (SELECT id FROM locked) \
+                   FROM d WHERE m.id = d.id \
                    RETURNING m.id, m.value, m.fired)",
             json_insert("member_daily", MEMBER_DAILY_COLUMNS, first, MEMBER_DAILY_CONFLICT),
             json_insert(

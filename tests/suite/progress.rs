@@ -1357,6 +1357,16 @@ async fn replicas_see_org_changes_applied_by_each_other() {
             "round {round}: both replicas credited the new rep"
         );
     }
+    // A new milestone for a rep both replicas already know: their kept org
+    // copies lack it, and only the moved feed cursor says so (no unknown
+    // member to stumble on). Once progress has it, every credit counts.
+    let ada_goal = active(&mut goal, &ada.name, &arr, "FY2026", 1_000).await;
+    value_becomes(&mut second, &ada_goal, 2).await;
+    for (i, c) in [&first, &second].into_iter().enumerate() {
+        record_on(c, activity(&ada, &arr, 10, 4, 1, &format!("late-{i}"))).await;
+    }
+    let got = value_becomes(&mut second, &ada_goal, 22).await;
+    assert_eq!(got.activity_count, 4);
     replica.stop().await;
     app.stop().await;
 }

@@ -358,9 +358,22 @@ impl Default for BulkGate {
     }
 }
 
+/// Tenants whose org copy a process keeps. Beyond that the copy used least
+/// recently is dropped, and read again when its tenant next records: a
+/// copy is roughly a kilobyte per rep, so this bounds memory for a process
+/// that serves many tenants.
+const KEPT_TENANTS: usize = 256;
+
 /// The tenants' org copies, shared by the batches of this process.
-#[derive(Clone, Debug, Default)]
-pub struct OrgCache(Arc<std::sync::Mutex<HashMap<String, Arc<TenantOrg>>>>);
+#[derive(Clone, Debug)]
+pub struct OrgCache(Arc<std::sync::Mutex<lru::LruCache<String, Arc<TenantOrg>>>>);
+
+impl Default for OrgCache {
+    fn default() -> Self {
+        let capacity = std::num::NonZeroUsize::MIN.saturating_add(KEPT_TENANTS - 1);
+        Self(Arc::new(std::sync::Mutex::new(lru::LruCache::new(capacity))))
+    }
+}
 
 impl OrgCache {
     /// The org of `tenant` as of the goal feed position `conn` sees: the
@@ -377,7 +390,7 @@ impl OrgCache {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(tenant.to_string(), org.clone());
+            .put(tenant.to_string(), org.clone());
         Ok(org)
     }
 }

@@ -193,14 +193,15 @@ async fn create_rule(reco: &mut RecognitionClient, rule: r::Rule) -> r::Rule {
         request_id: String::new(),
     };
     // Scopes name teams and metrics that recognition learns from goal's
-    // feed a moment after they are created.
+    // feed a moment after they are created. ABORTED (nothing written) asks
+    // for a retry, as when two replicas share one SQLite file.
     eventually("the rule to be created", || {
         let mut c = reco.clone();
         let req = req.clone();
         async move {
             match c.create_rule(req).await {
                 Ok(r) => Some(r.into_inner()),
-                Err(s) if s.code() == Code::NotFound => None,
+                Err(s) if matches!(s.code(), Code::NotFound | Code::Aborted) => None,
                 Err(s) => panic!("create rule failed: {s:?}"),
             }
         }

@@ -43,6 +43,19 @@ fn activity(
     }
 }
 
+/// `n` reps ("Rep 0", ...) in `team` since the start of 2026.
+async fn reps_in(goal: &mut GoalClient, team: &g::Team, n: usize) -> Vec<g::Member> {
+    let mut reps = Vec::new();
+    for i in 0..n {
+        let r = member(goal, &format!("Rep {i}"), g::MemberRole::Rep).await;
+        membership(goal, &r, team, date(2026, 1, 1), None)
+            .await
+            .expect("membership");
+        reps.push(r);
+    }
+    reps
+}
+
 /// Records once progress knows the member and metric (it learns them from
 /// goal's feed a moment after they are created).
 async fn record(c: &mut ProgressClient, req: p::RecordActivityRequest) -> p::Activity {
@@ -1154,14 +1167,7 @@ async fn concurrent_and_retried_writes_count_exactly_once() {
     let mut prog = app.progress("acme", &[Role::Service]).await;
     let t = team(&mut goal, "Sales", "").await;
     let arr = revenue_metric(&mut goal, "ARR").await;
-    let mut reps = Vec::new();
-    for i in 0..4 {
-        let r = member(&mut goal, &format!("Rep {i}"), g::MemberRole::Rep).await;
-        membership(&mut goal, &r, &t, date(2026, 1, 1), None)
-            .await
-            .expect("membership");
-        reps.push(r);
-    }
+    let reps = reps_in(&mut goal, &t, 4).await;
     let team_goal = active(&mut goal, &t.name, &arr, "FY2026", 1_000_000).await;
     progress_of(&mut prog, &team_goal).await;
     record(&mut prog, activity(&reps[3], &arr, 1, 1, 1, "warm-up")).await;
@@ -1257,14 +1263,7 @@ async fn a_large_batch_counts_once_and_replays_whole() {
     let sales = team(&mut goal, "Sales", "").await;
     let emea = team(&mut goal, "EMEA", &sales.name).await;
     let arr = revenue_metric(&mut goal, "ARR").await;
-    let mut reps = Vec::new();
-    for i in 0..3 {
-        let r = member(&mut goal, &format!("Rep {i}"), g::MemberRole::Rep).await;
-        membership(&mut goal, &r, &emea, date(2026, 1, 1), None)
-            .await
-            .expect("membership");
-        reps.push(r);
-    }
+    let reps = reps_in(&mut goal, &emea, 3).await;
     let top = active(&mut goal, &sales.name, &arr, "FY2026", 1_000_000).await;
     let own = active(&mut goal, &reps[0].name, &arr, "FY2026", 1_000_000).await;
     progress_of(&mut prog, &top).await;

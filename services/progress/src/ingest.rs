@@ -70,30 +70,19 @@ impl Progress {
         // ran before, which saves looking them up: the write skips a stored
         // key and reports it, and the batch runs again, looking them up.
         let mut look_up = self.db.conn().get_database_backend() != DatabaseBackend::Postgres;
-        for attempt in 0..3 {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
             match self.record_attempt(caller, &entries, batch, look_up).await {
-                Err(WriteError::RequestIdTaken) if attempt < 2 => look_up = true,
+                Ok(recorded) => return Ok(recorded),
+                // A key stored meanwhile: its call's result is there now.
+                Err(WriteError::RequestIdTaken) if attempts < 3 => look_up = true,
                 // A retried call answers with its first outcome even if it
                 // would fail now (its member since removed, say).
                 Err(_) if !look_up => look_up = true,
-                Ok(recorded) => return Ok(recorded),
-                Err(WriteError::ExternalReferenceTaken) => {
-                    return Err(ApiError::AlreadyExists {
-                        reason: "EXTERNAL_REFERENCE_EXISTS",
-                        message: "an activity with one of these external references was just recorded; \
-                                  void it first to replace it"
-                            .to_string(),
-                    })
-                }
-                Err(WriteError::Other(e)) => return Err(e),
-                Err(WriteError::RequestIdTaken) => break,
+                Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::Aborted {
-            reason: "REQUEST_IN_FLIGHT",
-            message: "a concurrent call with one of these request ids committed first; retry to get its result"
-                .to_string(),
-        })
     }
 
     async fn record_attempt(
@@ -579,10 +568,7 @@ impl Progress {
         }
         // Voiding a negative activity raises the value, which can reach a
         // threshold: the events say so like any other.
-        let (events, changed) = writes::write(conn, tenant, &org, w, now).await.map_err(|e| match e {
-            WriteError::Other(e) => e,
-            e => ApiError::Internal(anyhow::anyhow!("a void inserts no rows, yet {e:?}")),
-        })?;
+        let (events, changed) = writes::write(conn, tenant, &org, w, now).await?;
         let out = load_activity(conn, tenant, id).await?;
         if !request_id.is_empty() {
             idempotency::record(&*txn, &key, request, &out.encode_to_vec(), now).await?;

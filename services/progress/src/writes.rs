@@ -138,6 +138,26 @@ impl From<ApiError> for WriteError {
     }
 }
 
+/// What the caller is told when a write fails for good.
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::ExternalReferenceTaken => ApiError::AlreadyExists {
+                reason: "EXTERNAL_REFERENCE_EXISTS",
+                message: "an activity with one of these external references was just recorded; \
+                          void it first to replace it"
+                    .to_string(),
+            },
+            WriteError::RequestIdTaken => ApiError::Aborted {
+                reason: "REQUEST_IN_FLIGHT",
+                message: "a concurrent call with one of these request ids committed first; retry to get its result"
+                    .to_string(),
+            },
+            WriteError::Other(e) => e,
+        }
+    }
+}
+
 /// A unique violation names its constraint, so callers can say which
 /// input collided.
 impl From<sea_orm::DbErr> for WriteError {

@@ -29,7 +29,7 @@ use milestones_runtime::ApiError;
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Value};
 
-use crate::ops::{load_activity, NewActivity, Progress};
+use crate::ops::{activity_from_row, load_activity, NewActivity, Progress, ACTIVITY_FIELDS};
 use crate::rules;
 use crate::store::{self, exec, rows, MilestoneRow};
 use crate::writes::{self, WriteError, Writes};
@@ -205,34 +205,37 @@ impl Progress {
                 Option::<i64>::None.into(),
                 now.into(),
                 caller.subject.clone().into(),
-            ]);
-            let mut touched_by_this: BTreeSet<String> = BTreeSet::new();
-            for ((member, _), amount) in credited.iter().zip(&amounts) {
-                w.credits.push(vec![
-                    id.clone().into(),
-                    member.clone().into(),
-                    tenant.into(),
-                    e.metric_id.clone().into(),
-                    (*amount).into(),
-                    day.clone().into(),
-                    true.into(),
-                ]);
-                let d = w
-                    .member_daily
-                    .entry((member.clone(), e.metric_id.clone(), day.clone()))
-                    .or_default();
-                d.0 += amount;
-                d.1 += 1;
-                for (milestone, owner_teams) in org.counting(member, &e.metric_id, &day) {
-                    *w.milestone_daily.entry((milestone.clone(), day.clone())).or_default() += amount;
-                    let delta = w.deltas.entry(milestone.clone()).or_default();
-                    delta.owner_teams = owner_teams;
-                    delta.amount = delta.amount.saturating_add(*amount);
-                    delta.steps.push((id.clone(), delta.amount));
-                    if touched_by_this.insert(milestone) {
-                        delta.activities += 1;
-                    }
+                e.request_id.clone().into(),
+                e.request_hash.clone().into(),
+                // One member gets it all: the activity is its own credit.
+                match amounts.as_slice() {
+                    [amount] if e.splits.is_empty() => Some(*amount),
+                    _ => None,
                 }
+                .into(),
+            ]);
+            let mut touched_by_this = BTreeSet::new();
+            let activity: Arc<str> = id.as_str().into();
+            for ((member, _), amount) in credited.iter().zip(&amounts) {
+                if !e.splits.is_empty() {
+                    w.credits.push(vec![
+                        id.clone().into(),
+                        member.clone().into(),
+                        tenant.into(),
+                        e.metric_id.clone().into(),
+                        (*amount).into(),
+                        day.clone().into(),
+                        true.into(),
+                    ]);
+                }
+                w.add_credit(
+                    &org.counting(member, &e.metric_id, &day),
+                    (member, &e.metric_id, &day),
+                    *amount,
+                    1,
+                    &activity,
+                    &mut touched_by_this,
+                );
             }
             let response = pb::Activity {
                 name: format!("activities/{id}"),
@@ -278,17 +281,6 @@ impl Progress {
         tracing::debug!(elapsed_ms = loaded.elapsed().as_millis() as u64, "ingest: planned");
         let planned = std::time::Instant::now();
         // === 3. write ===
-        for (i, response) in &responses {
-            w.keys.push(vec![
-                tenant.into(),
-                caller.subject.clone().into(),
-                "RecordActivity".into(),
-                entries[*i].request_id.clone().into(),
-                entries[*i].request.clone().into(),
-                response.encode_to_vec().into(),
-                now.into(),
-            ]);
-        }
         let (mut events, changed) = writes::write(conn, tenant, &org, w, now).await?;
         for event in &mut events {
             if let Some(trace) = traces.get(&event.activity) {
@@ -321,13 +313,26 @@ pub struct TenantOrg {
     /// Metric id → (aggregation, negative values allowed).
     metrics: HashMap<String, (String, bool)>,
     members: BTreeSet<String>,
-    parents: HashMap<String, Option<String>>,
     stints: HashMap<String, Vec<Stint>>,
     /// Every ACTIVE milestone (its value and thresholds are re-read under
     /// lock when a batch applies to it).
     pub(crate) milestones: BTreeMap<String, MilestoneRow>,
-    /// Milestone ids by (owner kind, owner id).
-    by_owner: HashMap<(&'static str, String), Vec<String>>,
+    /// Each member's active milestones, as `counting` needs them.
+    member_milestones: HashMap<String, Vec<Scope>>,
+    /// Each team's active milestones.
+    team_milestones: HashMap<String, Vec<Scope>>,
+    /// Each team and its ancestors, nearest first.
+    chains: HashMap<String, Vec<String>>,
+}
+
+/// What a credit needs to know of a milestone to tell whether it counts:
+/// a copy, so that finding them allocates nothing per credit.
+#[derive(Debug)]
+struct Scope {
+    id: String,
+    metric_id: String,
+    start_date: String,
+    end_date: String,
 }
 
 /// Bulk batches written at once by this process. Every batch updates the
@@ -431,47 +436,59 @@ impl TenantOrg {
                 .into_iter()
                 .map(|m| (m.id.clone(), m))
                 .collect();
-        let mut by_owner: HashMap<(&'static str, String), Vec<String>> = HashMap::new();
+        let mut member_milestones: HashMap<String, Vec<Scope>> = HashMap::new();
+        let mut team_milestones: HashMap<String, Vec<Scope>> = HashMap::new();
         for m in milestones.values() {
-            let kind = if m.owner_kind == "team" { "team" } else { "member" };
-            by_owner
-                .entry((kind, m.owner_id.clone()))
-                .or_default()
-                .push(m.id.clone());
+            let owners = if m.owner_kind == "team" {
+                &mut team_milestones
+            } else {
+                &mut member_milestones
+            };
+            owners.entry(m.owner_id.clone()).or_default().push(Scope {
+                id: m.id.clone(),
+                metric_id: m.metric_id.clone(),
+                start_date: m.start_date.clone(),
+                end_date: m.end_date.clone(),
+            });
         }
+        let chains = parents
+            .keys()
+            .chain(stints.values().flatten().map(|s| &s.team))
+            .map(|team| (team.clone(), chain(&parents, team)))
+            .collect();
         Ok(Self {
             cursor,
             settings,
             metrics,
             members,
-            parents,
             stints,
             milestones,
-            by_owner,
+            member_milestones,
+            team_milestones,
+            chains,
         })
     }
 
     /// The milestones a credit to `member` for `metric` on `day` counts
     /// toward, each with its owner's team chain (for the events).
-    fn counting(&self, member: &str, metric: &str, day: &str) -> Vec<(String, Vec<String>)> {
-        let team = self.stints.get(member).and_then(|ss| {
-            ss.iter()
-                .find(|s| s.start.as_str() <= day && s.end.as_deref().is_none_or(|end| end >= day))
-        });
-        let teams = team.map(|s| chain(&self.parents, &s.team)).unwrap_or_default();
-        let owners = std::iter::once((("member", member.to_string()), teams.clone())).chain(
-            teams
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (("team", t.clone()), teams[i..].to_vec())),
-        );
+    fn counting<'a>(&'a self, member: &str, metric: &str, day: &str) -> Vec<(&'a str, &'a [String])> {
+        let chain: &[String] = self
+            .stints
+            .get(member)
+            .and_then(|ss| {
+                ss.iter()
+                    .find(|s| s.start.as_str() <= day && s.end.as_deref().is_none_or(|end| end >= day))
+            })
+            .and_then(|s| self.chains.get(&s.team))
+            .map_or(&[], Vec::as_slice);
+        let counts = |m: &&Scope| m.metric_id == metric && m.start_date.as_str() <= day && day <= m.end_date.as_str();
         let mut out = Vec::new();
-        for (owner, owner_teams) in owners {
-            for id in self.by_owner.get(&owner).into_iter().flatten() {
-                let Some(m) = self.milestones.get(id) else { continue };
-                if m.metric_id == metric && m.start_date.as_str() <= day && day <= m.end_date.as_str() {
-                    out.push((id.clone(), owner_teams.clone()));
-                }
+        for m in self.member_milestones.get(member).into_iter().flatten().filter(counts) {
+            out.push((m.id.as_str(), chain));
+        }
+        for (i, team) in chain.iter().enumerate() {
+            for m in self.team_milestones.get(team).into_iter().flatten().filter(counts) {
+                out.push((m.id.as_str(), &chain[i..]));
             }
         }
         out
@@ -527,7 +544,7 @@ impl Progress {
         let mut credits: Vec<(String, String, i64, String)> = Vec::new();
         for c in rows(
             conn,
-            "SELECT member_id, metric_id, amount, occurred_date FROM activity_credits WHERE activity_id = $1",
+            "SELECT member_id, metric_id, amount, occurred_date FROM credits WHERE activity_id = $1",
             vec![id.into()],
         )
         .await?
@@ -547,24 +564,17 @@ impl Progress {
         .await?;
         let org = self.org_cache.get(conn, tenant).await?;
         let mut w = Writes::default();
-        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut touched = BTreeSet::new();
+        let activity: Arc<str> = id.into();
         for (member, metric, amount, day) in &credits {
-            let d = w
-                .member_daily
-                .entry((member.clone(), metric.clone(), day.clone()))
-                .or_default();
-            d.0 -= amount;
-            d.1 -= 1;
-            for (milestone, owner_teams) in org.counting(member, metric, day) {
-                *w.milestone_daily.entry((milestone.clone(), day.clone())).or_default() -= amount;
-                let delta = w.deltas.entry(milestone.clone()).or_default();
-                delta.owner_teams = owner_teams;
-                delta.amount = delta.amount.saturating_sub(*amount);
-                delta.steps = vec![(id.to_string(), delta.amount)];
-                if touched.insert(milestone) {
-                    delta.activities -= 1;
-                }
-            }
+            w.add_credit(
+                &org.counting(member, metric, day),
+                (member, metric, day),
+                -amount,
+                -1,
+                &activity,
+                &mut touched,
+            );
         }
         // Voiding a negative activity raises the value, which can reach a
         // threshold: the events say so like any other.
@@ -592,7 +602,7 @@ fn chain(parents: &HashMap<String, Option<String>>, team: &str) -> Vec<String> {
     out
 }
 
-/// Stored responses of entries that already ran, by entry index; an id
+/// The activities that entries already recorded, by entry index; an id
 /// reused with another payload is refused.
 async fn load_replays(
     conn: &impl ConnectionTrait,
@@ -600,57 +610,58 @@ async fn load_replays(
     entries: &[NewActivity],
     look_up: bool,
 ) -> Result<HashMap<usize, pb::Activity>, ApiError> {
-    let mut stored: HashMap<String, (Vec<u8>, Vec<u8>)> = HashMap::new();
+    let mut stored: HashMap<String, (Vec<u8>, pb::Activity)> = HashMap::new();
     if !look_up {
         return check_unique_ids(entries, stored);
     }
     let ids: Vec<&str> = entries.iter().map(|e| e.request_id.as_str()).collect();
     // One key lookup per id, whatever the planner knows of the table (a
-    // plain `IN` may scan all of the caller's keys when statistics are
-    // stale).
+    // plain `IN` may scan all of the caller's activities when statistics
+    // are stale).
     let sql = if conn.get_database_backend() == DatabaseBackend::Postgres {
-        "SELECT k.request_id, k.request, k.response FROM jsonb_array_elements_text($4::jsonb) AS r(id) \
-         CROSS JOIN LATERAL (SELECT request_id, request, response FROM idempotency_keys \
-         WHERE tenant_id = $1 AND caller = $2 AND method = $3 AND request_id = r.id OFFSET 0) k"
+        format!(
+            "SELECT a.* FROM jsonb_array_elements_text($3::jsonb) AS r(id) \
+             CROSS JOIN LATERAL (SELECT {ACTIVITY_FIELDS}, request_id, request_hash FROM activities \
+             WHERE tenant_id = $1 AND recorded_by = $2 AND request_id = r.id OFFSET 0) a"
+        )
     } else {
-        "SELECT request_id, request, response FROM idempotency_keys WHERE tenant_id = $1 AND caller = $2 \
-         AND method = $3 AND request_id IN (SELECT value FROM json_each($4))"
+        format!(
+            "SELECT {ACTIVITY_FIELDS}, request_id, request_hash FROM activities WHERE tenant_id = $1 \
+             AND recorded_by = $2 AND request_id IN (SELECT value FROM json_each($3))"
+        )
     };
     let values: Vec<Value> = vec![
         caller.tenant_id.clone().into(),
         caller.subject.clone().into(),
-        "RecordActivity".into(),
         serde_json::to_string(&ids).unwrap_or_default().into(),
     ];
-    for r in rows(conn, sql, values).await? {
+    for r in rows(conn, &sql, values).await? {
         stored.insert(
             r.try_get("", "request_id")?,
-            (r.try_get("", "request")?, r.try_get("", "response")?),
+            (r.try_get("", "request_hash")?, activity_from_row(conn, &r).await?),
         );
     }
     check_unique_ids(entries, stored)
 }
 
-/// The entries found in `stored`, by index; refuses an id reused with
-/// another payload, or sent twice in the batch.
+/// The entries found in `stored` (request id → (request hash, activity)),
+/// by index; refuses an id reused with another payload, or sent twice in
+/// the batch.
 fn check_unique_ids(
     entries: &[NewActivity],
-    stored: HashMap<String, (Vec<u8>, Vec<u8>)>,
+    stored: HashMap<String, (Vec<u8>, pb::Activity)>,
 ) -> Result<HashMap<usize, pb::Activity>, ApiError> {
     let mut out = HashMap::new();
-    let mut in_batch: HashMap<&str, &[u8]> = HashMap::new();
+    let mut in_batch: BTreeSet<&str> = BTreeSet::new();
     for (i, e) in entries.iter().enumerate() {
-        if let Some((request, response)) = stored.get(&e.request_id) {
-            if *request != e.request {
+        if let Some((hash, activity)) = stored.get(&e.request_id) {
+            if *hash != e.request_hash {
                 return Err(reused(&e.request_id));
             }
-            let activity = pb::Activity::decode(response.as_slice())
-                .map_err(|err| ApiError::Internal(anyhow::anyhow!("stored activity does not decode: {err}")))?;
-            out.insert(i, activity);
-        } else if let Some(previous) = in_batch.insert(&e.request_id, &e.request) {
+            out.insert(i, activity.clone());
+        } else if !in_batch.insert(&e.request_id) {
             // The same id twice in one batch: the same payload is one
             // activity sent twice, which a batch cannot express; refuse.
-            let _ = previous;
             return Err(ApiError::invalid(
                 format!("requests[{i}].request_id"),
                 format!(

@@ -81,8 +81,9 @@ pub struct NewActivity {
     /// (member id, share in basis points); empty means all to `member_id`.
     pub splits: Vec<(String, u32)>,
     pub request_id: String,
-    /// The request as sent, `request_id` cleared, for idempotency.
-    pub request: Vec<u8>,
+    /// The SHA-256 of the request as sent, `request_id` cleared: a retry
+    /// has the same, an id reused for another activity does not.
+    pub request_hash: Vec<u8>,
     /// The W3C trace context of the call, for the events it causes, when it
     /// is recorded in another task's transaction (the group commit); empty
     /// means the task recording it runs in the call's trace.
@@ -195,14 +196,24 @@ pub fn parse_activity(prefix: &str, req: &pb::RecordActivityRequest, now: i64) -
         external_reference: (!req.external_reference.is_empty()).then(|| req.external_reference.clone()),
         splits,
         request_id: req.request_id.clone(),
-        request: clean.encode_to_vec(),
+        request_hash: request_hash(&clean.encode_to_vec()),
         trace_parent: String::new(),
     })
+}
+
+/// The hash an activity keeps of the request that recorded it.
+pub(crate) fn request_hash(request: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(request).to_vec()
 }
 
 fn activity_name(id: &str) -> String {
     format!("activities/{id}")
 }
+
+/// The columns [`activity_from_row`] reads.
+pub(crate) const ACTIVITY_FIELDS: &str = "id, member_id, metric_id, value, occurred_at, source, external_reference, \
+     credit_splits, state, void_reason, void_time, create_time, recorded_by, credited_amount";
 
 /// The wire form of a stored activity.
 pub(crate) async fn load_activity(
@@ -212,24 +223,40 @@ pub(crate) async fn load_activity(
 ) -> Result<pb::Activity, ApiError> {
     let r = row(
         conn,
-        "SELECT id, member_id, metric_id, value, occurred_at, source, external_reference, credit_splits, state, \
-         void_reason, void_time, create_time, recorded_by FROM activities WHERE id = $1 AND tenant_id = $2",
+        &format!("SELECT {ACTIVITY_FIELDS} FROM activities WHERE id = $1 AND tenant_id = $2"),
         vec![id.into(), tenant.into()],
     )
     .await?
     .ok_or_else(|| ApiError::not_found(activity_name(id)))?;
-    let credits = rows(
-        conn,
-        "SELECT member_id, amount FROM activity_credits WHERE activity_id = $1 ORDER BY member_id",
-        vec![id.into()],
-    )
-    .await?;
+    activity_from_row(conn, &r).await
+}
+
+/// The wire form of an activity row read with [`ACTIVITY_FIELDS`]; a split
+/// activity's credits are read from its `activity_credits` rows.
+pub(crate) async fn activity_from_row(
+    conn: &impl ConnectionTrait,
+    r: &sea_orm::QueryResult,
+) -> Result<pb::Activity, ApiError> {
+    let id: String = r.try_get("", "id")?;
+    let member_id: String = r.try_get("", "member_id")?;
+    let credited: Vec<(String, i64)> = match r.try_get::<Option<i64>>("", "credited_amount")? {
+        Some(amount) => vec![(member_id.clone(), amount)],
+        None => rows(
+            conn,
+            "SELECT member_id, amount FROM activity_credits WHERE activity_id = $1 ORDER BY member_id",
+            vec![id.clone().into()],
+        )
+        .await?
+        .iter()
+        .map(|c| Ok((c.try_get("", "member_id")?, c.try_get("", "amount")?)))
+        .collect::<Result<_, sea_orm::DbErr>>()?,
+    };
     let splits: Vec<(String, u32)> =
         serde_json::from_str(&r.try_get::<String>("", "credit_splits")?).unwrap_or_default();
     let state: String = r.try_get("", "state")?;
     Ok(pb::Activity {
-        name: activity_name(id),
-        member: Collection::Members.name(&r.try_get::<String>("", "member_id")?),
+        name: activity_name(&id),
+        member: Collection::Members.name(&member_id),
         metric: Collection::Metrics.name(&r.try_get::<String>("", "metric_id")?),
         value: r.try_get("", "value")?,
         occurred_at: Some(micros_to_timestamp(r.try_get("", "occurred_at")?)),
@@ -244,15 +271,13 @@ pub(crate) async fn load_activity(
                 share_basis_points: bp as i32,
             })
             .collect(),
-        credited_amounts: credits
-            .iter()
-            .map(|c| {
-                Ok(pb::CreditedAmount {
-                    member: Collection::Members.name(&c.try_get::<String>("", "member_id")?),
-                    amount: c.try_get("", "amount")?,
-                })
+        credited_amounts: credited
+            .into_iter()
+            .map(|(m, amount)| pb::CreditedAmount {
+                member: Collection::Members.name(&m),
+                amount,
             })
-            .collect::<Result<_, sea_orm::DbErr>>()?,
+            .collect(),
         state: if state == "voided" {
             pb::ActivityState::Voided
         } else {
@@ -435,7 +460,7 @@ impl Progress {
         let credits = if m.owner_kind == "member" {
             rows(
                 conn,
-                "SELECT activity_id, member_id, amount, occurred_date FROM activity_credits \
+                "SELECT activity_id, member_id, amount, occurred_date FROM credits \
                  WHERE tenant_id = $1 AND member_id = $2 AND metric_id = $3 AND active = $4 \
                  AND occurred_date >= $5 AND occurred_date <= $6",
                 vec![
@@ -452,7 +477,7 @@ impl Progress {
             let teams = store::subtree(conn, &m.tenant_id, &m.owner_id).await?;
             let placeholders: Vec<String> = (0..teams.len()).map(|i| format!("${}", i + 7)).collect();
             let sql = format!(
-                "SELECT c.activity_id, c.member_id, c.amount, c.occurred_date FROM activity_credits c \
+                "SELECT c.activity_id, c.member_id, c.amount, c.occurred_date FROM credits c \
                  JOIN projection_memberships ms ON ms.tenant_id = c.tenant_id AND ms.member_id = c.member_id \
                  AND ms.start_date <= c.occurred_date AND (ms.end_date IS NULL OR ms.end_date >= c.occurred_date) \
                  WHERE c.tenant_id = $1 AND c.metric_id = $2 AND c.active = $3 \

@@ -55,7 +55,7 @@ impl Progress {
                 .map_err(|e| ApiError::invalid("member", e))?;
             push(
                 &mut clause,
-                " AND a.id IN (SELECT activity_id FROM activity_credits WHERE member_id = ?)",
+                " AND a.id IN (SELECT activity_id FROM credits WHERE tenant_id = a.tenant_id AND member_id = ?)",
                 m.into(),
             );
         }
@@ -483,7 +483,7 @@ impl Progress {
             Owner::Team(id) => {
                 let teams = store::subtree(conn, tenant, id).await?;
                 let sql = format!(
-                    "SELECT CAST(COALESCE(SUM(c.amount), 0) AS BIGINT) AS total, COUNT(DISTINCT c.activity_id) AS n FROM activity_credits c \
+                    "SELECT CAST(COALESCE(SUM(c.amount), 0) AS BIGINT) AS total, COUNT(DISTINCT c.activity_id) AS n FROM credits c \
                      JOIN projection_memberships ms ON ms.tenant_id = c.tenant_id AND ms.member_id = c.member_id \
                      AND ms.start_date <= c.occurred_date AND (ms.end_date IS NULL OR ms.end_date >= c.occurred_date) \
                      WHERE c.tenant_id = $1 AND c.metric_id = $2 AND c.active = $3 AND c.occurred_date >= $4 \

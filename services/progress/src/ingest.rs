@@ -133,7 +133,7 @@ impl Progress {
         let mut out: Vec<Option<pb::Activity>> = Vec::with_capacity(entries.len());
         let mut w = Writes::default();
         let mut seen_references: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut responses: Vec<(usize, pb::Activity)> = Vec::new();
+        let mut recorded = 0;
         // Each event continues the trace of the call that recorded its
         // activity (calls are merged into one transaction).
         let mut traces: HashMap<String, &str> = HashMap::new();
@@ -274,7 +274,7 @@ impl Progress {
             if !e.trace_parent.is_empty() {
                 traces.insert(response.name.clone(), e.trace_parent.as_str());
             }
-            responses.push((i, response.clone()));
+            recorded += 1;
             out.push(Some(response));
         }
 
@@ -289,7 +289,7 @@ impl Progress {
         }
         tracing::debug!(elapsed_ms = planned.elapsed().as_millis() as u64, "ingest: written");
         self.commit_with_events(txn, events, changed).await?;
-        milestones_runtime::telemetry::record_ingested(responses.len(), batch);
+        milestones_runtime::telemetry::record_ingested(recorded, batch);
         Ok(out.into_iter().flatten().collect())
     }
 }

@@ -55,30 +55,7 @@ pub fn split(value: i64, shares: &[u32]) -> Result<Vec<i64>, String> {
 /// a recovery repeat nothing, while a raised target is a new threshold that
 /// fires when reached, and a target lowered below the value fires at once.
 pub fn crossings(m: &mut MilestoneRow, now: i64) -> Vec<Crossing> {
-    let mut candidates: Vec<Crossing> = m
-        .checkpoints
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Crossing {
-            kind: pb::MilestoneEventKind::CheckpointReached,
-            checkpoint_index: Some(i),
-            threshold: c.target,
-        })
-        .collect();
-    candidates.push(Crossing {
-        kind: pb::MilestoneEventKind::TargetReached,
-        checkpoint_index: None,
-        threshold: m.target,
-    });
-    if let Some(stretch) = m.stretch_target {
-        candidates.push(Crossing {
-            kind: pb::MilestoneEventKind::StretchReached,
-            checkpoint_index: None,
-            threshold: stretch,
-        });
-    }
-    let mut out: Vec<Crossing> = candidates
-        .into_iter()
+    let mut out: Vec<Crossing> = candidates(m)
         .filter(|c| m.value >= c.threshold && m.fired.first_reach(c.kind, c.threshold).is_none())
         .collect();
     for c in &out {
@@ -90,6 +67,32 @@ pub fn crossings(m: &mut MilestoneRow, now: i64) -> Vec<Crossing> {
     }
     out.sort_by_key(|c| c.threshold);
     out
+}
+
+/// Every threshold of a milestone: its checkpoints, target and stretch
+/// target.
+fn candidates(m: &MilestoneRow) -> impl Iterator<Item = Crossing> + '_ {
+    let checkpoints = m.checkpoints.iter().enumerate().map(|(i, c)| Crossing {
+        kind: pb::MilestoneEventKind::CheckpointReached,
+        checkpoint_index: Some(i),
+        threshold: c.target,
+    });
+    let target = Crossing {
+        kind: pb::MilestoneEventKind::TargetReached,
+        checkpoint_index: None,
+        threshold: m.target,
+    };
+    let stretch = m.stretch_target.map(|threshold| Crossing {
+        kind: pb::MilestoneEventKind::StretchReached,
+        checkpoint_index: None,
+        threshold,
+    });
+    checkpoints.chain(std::iter::once(target)).chain(stretch)
+}
+
+/// Each threshold of a milestone as (kind, value).
+pub fn thresholds(m: &MilestoneRow) -> impl Iterator<Item = (pb::MilestoneEventKind, i64)> + '_ {
+    candidates(m).map(|c| (c.kind, c.threshold))
 }
 
 /// Pace and forecast of a row on `today`, as the wire documents them.

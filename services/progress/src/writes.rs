@@ -563,8 +563,22 @@ async fn settle(
             continue;
         };
         let before = after - delta.amount;
+        let fired = serde_json::from_str::<Fired>(fired).unwrap_or_default();
+        changed.push(ProgressChanged {
+            tenant_id: kept.tenant_id.clone(),
+            milestone_id: id.clone(),
+            owner_kind: kept.owner_kind.clone(),
+            owner_id: kept.owner_id.clone(),
+        });
+        // Thresholds are only ever announced once reached, so unless the
+        // highest value of the batch reaches one not yet announced there is
+        // nothing to decide (most batches): skip copying the milestone.
+        let peak = before + delta.steps.iter().map(|(_, c)| *c).max().unwrap_or(0);
+        if !rules::thresholds(kept).any(|(kind, t)| peak >= t && fired.first_reach(kind, t).is_none()) {
+            continue;
+        }
         let m = &mut kept.clone();
-        m.fired = serde_json::from_str::<Fired>(fired).unwrap_or_default();
+        m.fired = fired;
         let was = m.fired.clone();
         for (activity, cumulative) in &delta.steps {
             m.value = before + cumulative;
@@ -585,12 +599,6 @@ async fn settle(
                 serde_json::to_string(&m.fired).unwrap_or_else(|_| "{}".into()).into(),
             ]);
         }
-        changed.push(ProgressChanged {
-            tenant_id: m.tenant_id.clone(),
-            milestone_id: id.clone(),
-            owner_kind: m.owner_kind.clone(),
-            owner_id: m.owner_id.clone(),
-        });
     }
     if announced.is_empty() {
         return Ok((events, changed));

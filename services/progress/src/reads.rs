@@ -12,7 +12,7 @@ use milestones_runtime::auth::Caller;
 use milestones_runtime::paging::Page;
 use milestones_runtime::wire::{date_from_wire, date_to_wire, micros_to_timestamp, now_micros};
 use milestones_runtime::ApiError;
-use sea_orm::Value;
+use sea_orm::{ConnectionTrait, DatabaseBackend, Value};
 
 use crate::ops::{period_from, Progress};
 use crate::store::{self, rows};
@@ -179,51 +179,57 @@ impl Progress {
         };
         let mut totals: HashMap<String, i64> = HashMap::new();
         let mut goals: HashMap<String, (String, i64)> = HashMap::new();
-        // In chunks: SQL parameter lists have limits.
-        for chunk in members.chunks(400) {
-            let sql = format!(
-                "SELECT id, owner_id, target, value, state FROM milestone_progress WHERE tenant_id = $1 \
-                 AND metric_id = $2 AND owner_kind = 'member' AND start_date = $3 AND end_date = $4 \
-                 AND state <> 'cancelled' AND owner_id IN ({})",
-                in_list(5, chunk.len())
-            );
-            let mut values: Vec<Value> = vec![
+        // The members travel as one JSON parameter and each is found
+        // through its own key: with a long `IN` list the planner may scan
+        // all of the tenant's milestones instead, each through its chain of
+        // recent versions (5 ms for 250 reps just after a burst of writes,
+        // against 0.5 ms).
+        let postgres = conn.get_database_backend() == DatabaseBackend::Postgres;
+        let ids: Vec<&str> = members.iter().map(|(id, _)| id.as_str()).collect();
+        let sql = if postgres {
+            "SELECT p.* FROM jsonb_array_elements_text($5::jsonb) AS r(id) CROSS JOIN LATERAL \
+             (SELECT id, owner_id, target, value, state FROM milestone_progress WHERE tenant_id = $1 \
+             AND owner_kind = 'member' AND owner_id = r.id AND metric_id = $2 AND start_date = $3 \
+             AND end_date = $4 AND state <> 'cancelled' OFFSET 0) p"
+        } else {
+            "SELECT id, owner_id, target, value, state FROM milestone_progress WHERE tenant_id = $1 \
+             AND metric_id = $2 AND owner_kind = 'member' AND start_date = $3 AND end_date = $4 \
+             AND state <> 'cancelled' AND owner_id IN (SELECT value FROM json_each($5))"
+        };
+        let period_values = || -> Vec<Value> {
+            vec![
                 tenant.into(),
                 metric.clone().into(),
                 format_date(period.start()).into(),
                 format_date(period.end()).into(),
-            ];
-            values.extend(chunk.iter().map(|(id, _)| Value::from(id.clone())));
-            for r in rows(conn, &sql, values).await? {
-                let owner: String = r.try_get("", "owner_id")?;
-                // An active member milestone over exactly this period counts
-                // exactly the member's credits in it: its kept value is the
-                // total, without summing days.
-                if r.try_get::<String>("", "state")? == "active" {
-                    totals.insert(owner.clone(), r.try_get("", "value")?);
-                }
-                goals.insert(owner, (r.try_get("", "id")?, r.try_get("", "target")?));
+            ]
+        };
+        let mut values = period_values();
+        values.push(serde_json::to_string(&ids).unwrap_or_default().into());
+        for r in rows(conn, sql, values).await? {
+            let owner: String = r.try_get("", "owner_id")?;
+            // An active member milestone over exactly this period counts
+            // exactly the member's credits in it: its kept value is the
+            // total, without summing days.
+            if r.try_get::<String>("", "state")? == "active" {
+                totals.insert(owner.clone(), r.try_get("", "value")?);
             }
+            goals.insert(owner, (r.try_get("", "id")?, r.try_get("", "target")?));
         }
-        let unsummed: Vec<&String> = members
-            .iter()
-            .map(|(id, _)| id)
-            .filter(|id| !totals.contains_key(*id))
-            .collect();
-        for chunk in unsummed.chunks(400) {
-            let sql = format!(
-                "SELECT member_id, CAST(SUM(amount) AS BIGINT) AS total FROM member_daily WHERE tenant_id = $1 AND metric_id = $2 \
-                 AND day >= $3 AND day <= $4 AND member_id IN ({}) GROUP BY member_id",
-                in_list(5, chunk.len())
-            );
-            let mut values: Vec<Value> = vec![
-                tenant.into(),
-                metric.clone().into(),
-                format_date(period.start()).into(),
-                format_date(period.end()).into(),
-            ];
-            values.extend(chunk.iter().map(|id| Value::from((*id).clone())));
-            for r in rows(conn, &sql, values).await? {
+        let unsummed: Vec<&str> = ids.into_iter().filter(|id| !totals.contains_key(*id)).collect();
+        if !unsummed.is_empty() {
+            let sql = if postgres {
+                "SELECT r.id AS member_id, t.total FROM jsonb_array_elements_text($5::jsonb) AS r(id) \
+                 CROSS JOIN LATERAL (SELECT CAST(SUM(amount) AS BIGINT) AS total FROM member_daily \
+                 WHERE tenant_id = $1 AND member_id = r.id AND metric_id = $2 AND day >= $3 AND day <= $4) t"
+            } else {
+                "SELECT member_id, CAST(SUM(amount) AS BIGINT) AS total FROM member_daily WHERE tenant_id = $1 \
+                 AND metric_id = $2 AND day >= $3 AND day <= $4 AND member_id IN (SELECT value FROM json_each($5)) \
+                 GROUP BY member_id"
+            };
+            let mut values = period_values();
+            values.push(serde_json::to_string(&unsummed).unwrap_or_default().into());
+            for r in rows(conn, sql, values).await? {
                 let total: i64 = r.try_get::<Option<i64>>("", "total")?.unwrap_or(0);
                 totals.insert(r.try_get("", "member_id")?, total);
             }

@@ -336,11 +336,12 @@ struct Scope {
 }
 
 /// Bulk batches written at once by this process. Every batch updates the
-/// same running totals (each rep's and every team's milestones), so more
-/// writers only queue on those rows' locks, each holding its own while it
-/// waits: measured on PostgreSQL with 1,000-activity batches, 2 callers
-/// reach ~20k activities/s, 4 callers ~14k/s.
-const BULK_WRITERS: usize = 2;
+/// same running totals (each rep's and every team's milestones), which
+/// batches take turns at (see `writes`); meanwhile the others plan and
+/// insert their rows. Measured on PostgreSQL with 1,000-activity batches
+/// from 4 callers: 1 writer 25k activities/s, 3 writers 39-41k, 4 writers
+/// no better (and without turns, 4 writers 19k).
+const BULK_WRITERS: usize = 3;
 
 /// The queue of bulk batches; cheap to clone.
 #[derive(Clone, Debug)]

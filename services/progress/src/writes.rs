@@ -304,7 +304,20 @@ type Updated = HashMap<String, (i64, String)>;
 /// before touching the running totals: the totals' rows are what
 /// concurrent batches queue on, and their locks are then held only for the
 /// totals and the commit. Smaller batches save the round trip instead.
+///
+/// Such batches also take turns at the totals: each takes
+/// [`TOTALS_TURN`] (an advisory lock, held until commit) first, so a batch
+/// waits for its turn holding no row lock while the others plan and
+/// insert. Queueing on the rows instead, every waiter holds the rows it
+/// already updated, and the queue turns into a convoy (measured: 3 bulk
+/// writers 37-38k activities/s without turns, 39-41k with). PostgreSQL
+/// sees the advisory lock, so a cycle through it is a deadlock it detects
+/// and breaks, and replicas take turns too.
 const SEPARATE_INSERTS_FROM: usize = 64;
+
+/// The advisory lock key of the turn at the running totals ("prog" 2; the
+/// event feed uses "prog" 1).
+const TOTALS_TURN: i64 = 0x7072_6f67_0002;
 
 /// The whole write in one or two statements: the inserts, the daily
 /// totals, and the milestone values, returning the new values.
@@ -390,6 +403,7 @@ async fn write_postgres(
         for r in query(sql, new_rows).await? {
             check_inserted(&r)?;
         }
+        exec(conn, "SELECT pg_advisory_xact_lock($1)", vec![TOTALS_TURN.into()]).await?;
         let sql = TOTALS.get_or_init(|| format!("WITH {} SELECT id, value, fired FROM u", totals(1)));
         query(sql, total_rows).await?
     } else {

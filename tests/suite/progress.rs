@@ -900,6 +900,34 @@ async fn series_history_and_batch_reads() {
         violated_fields(&expect_code(malformed, Code::InvalidArgument)),
         vec!["names[0]"]
     );
+
+    // A cancelled member milestone keeps the days it counted, while the
+    // member's later credits go on counting for the team.
+    goal.cancel_milestone(g::CancelMilestoneRequest {
+        name: q1.name.clone(),
+        reason: "reorganised".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("cancel");
+    // Goal's feed is ordered: once a later milestone is tracked, the
+    // cancellation has been applied.
+    let later = active(&mut goal, &t.name, &arr, "FY2026-Q2", 1_000).await;
+    progress_of(&mut prog, &later).await;
+    record(&mut prog, activity(&ada, &arr, 1_000, 1, 20, "d20")).await;
+    value_becomes(&mut prog, &team_q1, 1_175).await;
+    let last_value = |series: p::GetTimeSeriesResponse| series.points.last().map(|p| p.value);
+    for (m, expected) in [(&q1, 175), (&team_q1, 1_175)] {
+        let series = prog
+            .get_time_series(p::GetTimeSeriesRequest {
+                milestone: m.name.clone(),
+                granularity: p::TimeSeriesGranularity::Day as i32,
+            })
+            .await
+            .expect("series")
+            .into_inner();
+        assert_eq!(last_value(series), Some(expected), "{}", m.name);
+    }
     app.stop().await;
 }
 

@@ -325,6 +325,16 @@ pub struct TenantOrg {
     chains: HashMap<String, Vec<String>>,
 }
 
+/// A milestone a credit counts toward.
+pub struct Counting<'a> {
+    pub milestone: &'a str,
+    /// Its owner's team chain, nearest first (for the events).
+    pub owner_teams: &'a [String],
+    /// A team's milestone, which keeps its own daily totals; a member's
+    /// reads the member's (`member_daily`) while it is active.
+    pub team_owned: bool,
+}
+
 /// What a credit needs to know of a milestone to tell whether it counts:
 /// a copy, so that finding them allocates nothing per credit.
 #[derive(Debug)]
@@ -472,7 +482,7 @@ impl TenantOrg {
 
     /// The milestones a credit to `member` for `metric` on `day` counts
     /// toward, each with its owner's team chain (for the events).
-    fn counting<'a>(&'a self, member: &str, metric: &str, day: &str) -> Vec<(&'a str, &'a [String])> {
+    fn counting<'a>(&'a self, member: &str, metric: &str, day: &str) -> Vec<Counting<'a>> {
         let chain: &[String] = self
             .stints
             .get(member)
@@ -485,11 +495,19 @@ impl TenantOrg {
         let counts = |m: &&Scope| m.metric_id == metric && m.start_date.as_str() <= day && day <= m.end_date.as_str();
         let mut out = Vec::new();
         for m in self.member_milestones.get(member).into_iter().flatten().filter(counts) {
-            out.push((m.id.as_str(), chain));
+            out.push(Counting {
+                milestone: m.id.as_str(),
+                owner_teams: chain,
+                team_owned: false,
+            });
         }
         for (i, team) in chain.iter().enumerate() {
             for m in self.team_milestones.get(team).into_iter().flatten().filter(counts) {
-                out.push((m.id.as_str(), &chain[i..]));
+                out.push(Counting {
+                    milestone: m.id.as_str(),
+                    owner_teams: &chain[i..],
+                    team_owned: true,
+                });
             }
         }
         out

@@ -513,8 +513,12 @@ impl Progress {
             activities.insert(activity);
             *daily.entry(day).or_default() += amount;
         }
-        for (day, amount) in daily {
-            add_milestone_daily(conn, &m.id, &day, amount).await?;
+        // An active member milestone's days are the member's (see
+        // `store::freeze_member_days`).
+        if m.owner_kind == "team" || m.state != "active" {
+            for (day, amount) in daily {
+                add_milestone_daily(conn, &m.id, &day, amount).await?;
+            }
         }
         let now = now_micros();
         m.value = i64::try_from(total).unwrap_or(i64::MAX);

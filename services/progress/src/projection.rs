@@ -400,6 +400,10 @@ async fn apply(txn: &WriteTxn, event: &goal_pb::ChangeEvent, reconcile: &mut Rec
             .await?;
             if state == goal_pb::MilestoneState::Active && terms_changed {
                 reconcile.milestones.insert(id);
+            } else if previous.is_some_and(|p| p.state == "active" && p.owner_kind == "member")
+                && state_text != "active"
+            {
+                crate::store::freeze_member_days(conn, &id).await?;
             }
         }
         Resource::MilestoneRevision(_) | Resource::MilestoneReview(_) => {}

@@ -316,15 +316,32 @@ impl Progress {
             .period()
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored period of {id} does not parse")))?;
         let last = settings.today(Utc::now()).min(period.end());
-        let daily: BTreeMap<String, i64> = rows(
-            conn,
-            "SELECT day, amount FROM milestone_daily WHERE milestone_id = $1",
-            vec![id.into()],
-        )
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("", "day")?, r.try_get("", "amount")?)))
-        .collect::<Result<_, sea_orm::DbErr>>()?;
+        // An active member milestone counts exactly the member's credits in
+        // its period, so its days are the member's; any other milestone
+        // keeps its own (a member's, copied when it stopped being active).
+        let (sql, values): (&str, Vec<Value>) = if m.owner_kind == "member" && m.state == "active" {
+            (
+                "SELECT day, amount FROM member_daily WHERE tenant_id = $1 AND member_id = $2 AND metric_id = $3 \
+                 AND day >= $4 AND day <= $5",
+                vec![
+                    m.tenant_id.clone().into(),
+                    m.owner_id.clone().into(),
+                    m.metric_id.clone().into(),
+                    m.start_date.clone().into(),
+                    m.end_date.clone().into(),
+                ],
+            )
+        } else {
+            (
+                "SELECT day, amount FROM milestone_daily WHERE milestone_id = $1",
+                vec![id.into()],
+            )
+        };
+        let daily: BTreeMap<String, i64> = rows(conn, sql, values)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("", "day")?, r.try_get("", "amount")?)))
+            .collect::<Result<_, sea_orm::DbErr>>()?;
         let mut points = Vec::new();
         let mut running: i64 = 0;
         let mut day = period.start();

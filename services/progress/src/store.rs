@@ -239,3 +239,27 @@ pub async fn subtree(conn: &impl ConnectionTrait, tenant: &str, root: &str) -> R
     }
     Ok(out)
 }
+
+/// Copies a member milestone's days from its member's (`member_daily`) into
+/// its own (`milestone_daily`) as it stops being active: while active it
+/// counts exactly the member's credits in its period, so it keeps no days
+/// of its own (one row less per activity); once not, it stops counting
+/// while the member's days go on.
+pub async fn freeze_member_days(conn: &impl ConnectionTrait, milestone: &str) -> Result<(), ApiError> {
+    exec(
+        conn,
+        "DELETE FROM milestone_daily WHERE milestone_id = $1",
+        vec![milestone.into()],
+    )
+    .await?;
+    exec(
+        conn,
+        "INSERT INTO milestone_daily (milestone_id, day, amount) \
+         SELECT m.id, d.day, d.amount FROM milestone_progress m JOIN member_daily d \
+         ON d.tenant_id = m.tenant_id AND d.member_id = m.owner_id AND d.metric_id = m.metric_id \
+         AND d.day >= m.start_date AND d.day <= m.end_date WHERE m.id = $1 AND m.owner_kind = 'member'",
+        vec![milestone.into()],
+    )
+    .await?;
+    Ok(())
+}

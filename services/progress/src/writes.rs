@@ -23,7 +23,7 @@ use milestones_api::progress as pb;
 use milestones_runtime::ApiError;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement, Value};
 
-use crate::ingest::TenantOrg;
+use crate::ingest::{Counting, TenantOrg};
 use crate::ops::{event_of, ProgressChanged};
 use crate::rules;
 use crate::store::{exec, rows, Fired};
@@ -114,7 +114,7 @@ pub struct Writes {
     pub credits: Vec<Vec<Value>>,
     /// (member, metric, day) → (amount, activities).
     pub member_daily: BTreeMap<(String, String, String), (i64, i64)>,
-    /// Milestone → day → amount.
+    /// Team milestone → day → amount.
     pub milestone_daily: HashMap<String, BTreeMap<String, i64>>,
     /// Milestone id → its share.
     pub deltas: HashMap<String, Delta>,
@@ -129,7 +129,7 @@ impl Writes {
     #[allow(clippy::too_many_arguments)]
     pub fn add_credit<'o>(
         &mut self,
-        counting: &[(&'o str, &'o [String])],
+        counting: &[Counting<'o>],
         (member, metric, day): (&str, &str, &str),
         amount: i64,
         count: i64,
@@ -142,15 +142,19 @@ impl Writes {
             .or_default();
         d.0 += amount;
         d.1 += count;
-        for &(milestone, owner_teams) in counting {
-            let days = match self.milestone_daily.get_mut(milestone) {
-                Some(days) => days,
-                None => self.milestone_daily.entry(milestone.to_string()).or_default(),
-            };
-            match days.get_mut(day) {
-                Some(total) => *total += amount,
-                None => {
-                    days.insert(day.to_string(), amount);
+        for c in counting {
+            let (milestone, owner_teams) = (c.milestone, c.owner_teams);
+            // An active member milestone's days are the member's days.
+            if c.team_owned {
+                let days = match self.milestone_daily.get_mut(milestone) {
+                    Some(days) => days,
+                    None => self.milestone_daily.entry(milestone.to_string()).or_default(),
+                };
+                match days.get_mut(day) {
+                    Some(total) => *total += amount,
+                    None => {
+                        days.insert(day.to_string(), amount);
+                    }
                 }
             }
             let delta = match self.deltas.get_mut(milestone) {

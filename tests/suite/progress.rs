@@ -1397,3 +1397,107 @@ async fn replicas_see_org_changes_applied_by_each_other() {
     replica.stop().await;
     app.stop().await;
 }
+
+/// An activity recorded before activities kept their own request ids (its
+/// key was a row of `idempotency_keys`) still answers its retries after the
+/// upgrade, and its id is still refused for another activity.
+#[tokio::test]
+async fn request_ids_stored_before_the_upgrade_still_replay() {
+    use prost::Message as _;
+    use sea_orm::{ConnectionTrait, Database, Statement, Value};
+    use sea_orm_migration::MigratorTrait as _;
+
+    let progress_url = milestones_suite::fresh_database_url().await;
+    let db = Database::connect(progress_url.as_str())
+        .await
+        .expect("progress database");
+    // The first three migrations: the schema before `LeanActivities`.
+    milestones_progress::schema::Migrator::up(&db, Some(3))
+        .await
+        .expect("the earlier schema");
+    let id = "01a22000-0000-7000-8000-00000000a1d1";
+    let (member, metric) = (
+        "01a22000-0000-7000-8000-0000000000ad",
+        "01a22000-0000-7000-8000-0000000000a7",
+    );
+    let request = p::RecordActivityRequest {
+        member: format!("members/{member}"),
+        metric: format!("metrics/{metric}"),
+        value: 500,
+        occurred_at: at(2, 2),
+        source: "crm".into(),
+        external_reference: String::new(),
+        credit_splits: vec![],
+        request_id: "r-legacy".into(),
+    };
+    let stored_request = p::RecordActivityRequest {
+        request_id: String::new(),
+        ..request.clone()
+    }
+    .encode_to_vec();
+    let stored_response = p::Activity {
+        name: format!("activities/{id}"),
+        value: 500,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let exec = |sql: &str, values: Vec<Value>| {
+        db.execute(Statement::from_sql_and_values(db.get_database_backend(), sql, values))
+    };
+    exec(
+        "INSERT INTO activities (id, tenant_id, member_id, metric_id, value, occurred_at, occurred_date, source, \
+         external_reference, credit_splits, state, void_reason, void_time, create_time, recorded_by) \
+         VALUES ($1, 'acme', $2, $3, 500, 1, '2026-02-02', 'crm', NULL, '[]', 'active', '', NULL, 1, 'tester')",
+        vec![id.into(), member.into(), metric.into()],
+    )
+    .await
+    .expect("a recorded activity");
+    exec(
+        "INSERT INTO activity_credits (activity_id, member_id, tenant_id, metric_id, amount, occurred_date, active) \
+         VALUES ($1, $2, 'acme', $3, 500, '2026-02-02', $4)",
+        vec![id.into(), member.into(), metric.into(), true.into()],
+    )
+    .await
+    .expect("its credit");
+    exec(
+        "INSERT INTO idempotency_keys (tenant_id, caller, method, request_id, request, response, create_time) \
+         VALUES ('acme', 'tester', 'RecordActivity', 'r-legacy', $1, $2, 1)",
+        vec![stored_request.into(), stored_response.into()],
+    )
+    .await
+    .expect("its key");
+    drop(db);
+
+    // The service migrates the rest as it starts.
+    let app = TestApp::spawn_with(
+        milestones_suite::fresh_database_url().await,
+        progress_url,
+        &["goal", "progress"],
+        None,
+    )
+    .await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let replay = prog
+        .record_activity(request.clone())
+        .await
+        .expect("the retry replays")
+        .into_inner();
+    assert_eq!(replay.name, format!("activities/{id}"));
+    assert_eq!(
+        replay
+            .credited_amounts
+            .iter()
+            .map(|c| (c.member.clone(), c.amount))
+            .collect::<Vec<_>>(),
+        vec![(format!("members/{member}"), 500)],
+        "its credit is read from its activity_credits row"
+    );
+    let reused = prog
+        .record_activity(p::RecordActivityRequest { value: 501, ..request })
+        .await;
+    assert_eq!(
+        reason(&expect_code(reused, Code::FailedPrecondition)),
+        "REQUEST_ID_REUSED"
+    );
+    app.stop().await;
+}

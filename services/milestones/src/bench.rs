@@ -124,7 +124,10 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
         Duration::from_secs(86_400),
     )?;
     let bearer = Bearer(format!("Bearer {token}").parse()?);
-    let channel = Channel::from_shared(args.endpoint.clone())?.connect().await?;
+    let channel = Channel::from_shared(args.endpoint.clone())?
+        .http2_adaptive_window(true)
+        .connect()
+        .await?;
     let mut goal = GoalServiceClient::with_interceptor(channel.clone(), bearer.clone());
     let progress = ProgressServiceClient::with_interceptor(channel.clone(), bearer.clone());
     println!(

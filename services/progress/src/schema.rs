@@ -230,61 +230,6 @@ impl MigrationTrait for MemberSubjects {
     }
 }
 
-/// PostgreSQL only: every text column compares as bytes (`COLLATE "C"`).
-///
-/// Keys here are ids, dates and codes, and a database created with a
-/// locale such as `C.UTF-8` compares them through the C library's collation
-/// (a copy and a `strcoll` per comparison): perf put a fifth of PostgreSQL's
-/// time in an import there. Byte order is also SQLite's and Rust's, so
-/// orderings and pages do not change.
-pub struct ByteCollation;
-
-impl MigrationName for ByteCollation {
-    fn name(&self) -> &str {
-        "m20261129_000003_byte_collation"
-    }
-}
-
-#[async_trait::async_trait]
-#[allow(elided_lifetimes_in_paths)]
-impl MigrationTrait for ByteCollation {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        if db.get_database_backend() != DatabaseBackend::Postgres {
-            return Ok(());
-        }
-        let columns = db
-            .query_all(sea_orm::Statement::from_string(
-                DatabaseBackend::Postgres,
-                "SELECT c.table_name, c.column_name FROM information_schema.columns c \
-                 JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
-                 WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' AND c.data_type = 'text' \
-                 AND c.collation_name IS NULL ORDER BY c.table_name, c.ordinal_position",
-            ))
-            .await?;
-        let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for c in columns {
-            by_table
-                .entry(c.try_get("", "table_name")?)
-                .or_default()
-                .push(c.try_get("", "column_name")?);
-        }
-        // A column's type cannot change under a view that reads it.
-        db.execute_unprepared("DROP VIEW credits").await?;
-        // One statement per table: each rewrites the table once.
-        for (table, columns) in by_table {
-            let alters: Vec<String> = columns
-                .iter()
-                .map(|c| format!("ALTER COLUMN \"{c}\" TYPE TEXT COLLATE \"C\""))
-                .collect();
-            db.execute_unprepared(&format!("ALTER TABLE \"{table}\" {}", alters.join(", ")))
-                .await?;
-        }
-        db.execute_unprepared(CREDITS_VIEW).await?;
-        Ok(())
-    }
-}
-
 /// Makes an activity its own idempotency record and, when one member gets
 /// all of it, its own credit: per activity, one row to write instead of
 /// three (the activity, its credit, its idempotency key), which was most
@@ -379,6 +324,61 @@ impl MigrationTrait for LeanActivities {
                 .await?;
             }
         }
+    }
+}
+
+/// PostgreSQL only: every text column compares as bytes (`COLLATE "C"`).
+///
+/// Keys here are ids, dates and codes, and a database created with a
+/// locale such as `C.UTF-8` compares them through the C library's collation
+/// (a copy and a `strcoll` per comparison): perf put a fifth of PostgreSQL's
+/// time in an import there. Byte order is also SQLite's and Rust's, so
+/// orderings and pages do not change.
+pub struct ByteCollation;
+
+impl MigrationName for ByteCollation {
+    fn name(&self) -> &str {
+        "m20261129_000003_byte_collation"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)]
+impl MigrationTrait for ByteCollation {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        if db.get_database_backend() != DatabaseBackend::Postgres {
+            return Ok(());
+        }
+        let columns = db
+            .query_all(sea_orm::Statement::from_string(
+                DatabaseBackend::Postgres,
+                "SELECT c.table_name, c.column_name FROM information_schema.columns c \
+                 JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+                 WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' AND c.data_type = 'text' \
+                 AND c.collation_name IS NULL ORDER BY c.table_name, c.ordinal_position",
+            ))
+            .await?;
+        let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for c in columns {
+            by_table
+                .entry(c.try_get("", "table_name")?)
+                .or_default()
+                .push(c.try_get("", "column_name")?);
+        }
+        // A column's type cannot change under a view that reads it.
+        db.execute_unprepared("DROP VIEW credits").await?;
+        // One statement per table: each rewrites the table once.
+        for (table, columns) in by_table {
+            let alters: Vec<String> = columns
+                .iter()
+                .map(|c| format!("ALTER COLUMN \"{c}\" TYPE TEXT COLLATE \"C\""))
+                .collect();
+            db.execute_unprepared(&format!("ALTER TABLE \"{table}\" {}", alters.join(", ")))
+                .await?;
+        }
+        db.execute_unprepared(CREDITS_VIEW).await?;
+        Ok(())
     }
 }
 

@@ -395,6 +395,9 @@ fn org_commands_create_and_list() {
 fn record_progress_and_leaderboard() {
     let s = Server::start();
     let goals = small_org(&s);
+    // A retry repeats the request exactly, including when it happened
+    // (`--at` defaults to now, to the second).
+    let at = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let recorded = s
         .cli(&[
             "record",
@@ -405,6 +408,8 @@ fn record_progress_and_leaderboard() {
             "deal-1",
             "--reference",
             "opp-1",
+            "--at",
+            &at,
         ])
         .ok();
     assert!(recorded.name().starts_with("activities/"), "{}", recorded.stdout);
@@ -420,6 +425,8 @@ fn record_progress_and_leaderboard() {
             "deal-1",
             "--reference",
             "opp-1",
+            "--at",
+            &at,
         ])
         .ok();
     assert_eq!(again.name(), recorded.name());

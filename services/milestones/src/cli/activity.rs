@@ -42,7 +42,9 @@ pub struct RecordArgs {
     #[arg(long = "split", value_name = "MEMBER=BP")]
     pub splits: Vec<String>,
     /// The idempotency key: retrying with the same key records nothing
-    /// twice. Defaults to a fresh UUID.
+    /// twice. A retry must repeat the request exactly, `--at` included
+    /// (it defaults to now); the same key with other values is refused.
+    /// Defaults to a fresh UUID.
     #[arg(long)]
     pub request_id: Option<String>,
 }

@@ -191,6 +191,64 @@ struct Verifier {
     validation: Validation,
     tenant_claim: String,
     roles_claim: String,
+    verified: VerifiedTokens,
+}
+
+/// Tokens kept after they were verified. A client sends the same token
+/// with every call until it expires, and checking its signature and claims
+/// again cost about a tenth of the server's time per unary call (perf,
+/// 2026-11-29). An entry is used only while the token is unexpired, for at
+/// most [`VERIFIED_FOR_SECS`], and with the key set it was verified with: a
+/// JWKS refresh verifies every token again.
+struct VerifiedTokens(std::sync::Mutex<lru::LruCache<String, Verified>>);
+
+/// At most this many tokens are kept (a few hundred bytes each); beyond
+/// that the least recently used is verified again when it comes back.
+const VERIFIED_TOKENS: usize = 4_096;
+
+/// How long a verified token is trusted without being checked again.
+const VERIFIED_FOR_SECS: u64 = 60;
+
+struct Verified {
+    caller: Caller,
+    /// Unix seconds: the earlier of the token's `exp` and the end of its
+    /// [`VERIFIED_FOR_SECS`].
+    until: u64,
+    /// The JWKS generation it was verified with (0 for a shared secret).
+    generation: u64,
+}
+
+impl VerifiedTokens {
+    fn new() -> Self {
+        let capacity = std::num::NonZeroUsize::MIN.saturating_add(VERIFIED_TOKENS - 1);
+        Self(std::sync::Mutex::new(lru::LruCache::new(capacity)))
+    }
+
+    fn get(&self, token: &str, now: u64, generation: u64) -> Option<Caller> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match kept.get(token) {
+            Some(v) if now < v.until && v.generation == generation => Some(v.caller.clone()),
+            Some(_) => {
+                kept.pop(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, token: &str, caller: &Caller, exp: u64, now: u64, generation: u64) {
+        let until = exp.min(now + VERIFIED_FOR_SECS);
+        if until > now {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).put(
+                token.to_string(),
+                Verified {
+                    caller: caller.clone(),
+                    until,
+                    generation,
+                },
+            );
+        }
+    }
 }
 
 /// The RPC a request is for, put on every request by [`AuthLayer`].
@@ -237,6 +295,7 @@ impl Authenticator {
                 validation,
                 tenant_claim: "tenant".to_string(),
                 roles_claim: "roles".to_string(),
+                verified: VerifiedTokens::new(),
             }),
             limiter: None,
         }
@@ -300,6 +359,7 @@ impl Authenticator {
                 validation,
                 tenant_claim: auth.tenant_claim.clone(),
                 roles_claim: auth.roles_claim.clone(),
+                verified: VerifiedTokens::new(),
             }),
             limiter: None,
         }
@@ -327,6 +387,22 @@ impl Authenticator {
     /// Verifies `token` and returns its caller, or why it was refused (for
     /// the log: it never contains the token).
     pub fn verify(&self, token: &str) -> Result<Caller, String> {
+        let v = &*self.verifier;
+        let generation = match &v.keys {
+            Keys::Secret(_) => 0,
+            Keys::Jwks(cache) => cache.generation(),
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Some(caller) = v.verified.get(token, now, generation) {
+            return Ok(caller);
+        }
+        let (caller, exp) = self.verify_now(token)?;
+        v.verified.put(token, &caller, exp, now, generation);
+        Ok(caller)
+    }
+
+    /// Verifies `token` in full; returns its caller and `exp`.
+    fn verify_now(&self, token: &str) -> Result<(Caller, u64), String> {
         let v = &*self.verifier;
         let header = decode_header(token).map_err(|e| format!("malformed token header: {e}"))?;
         if header.alg != v.algorithm {
@@ -360,11 +436,17 @@ impl Authenticator {
         if tenant == ALL_TENANTS && (roles.len() != 1 || !roles.contains(&Role::Service)) {
             return Err("the all-tenants claim `*` is only for tokens whose one role is `service`".to_string());
         }
-        Ok(Caller {
-            tenant_id: tenant,
-            subject,
-            roles,
-        })
+        // Required and checked by `decode`; a token without a usable one is
+        // simply not kept.
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        Ok((
+            Caller {
+                tenant_id: tenant,
+                subject,
+                roles,
+            },
+            exp,
+        ))
     }
 
     /// Authenticates a request: the interceptor placed in front of every
@@ -871,6 +953,9 @@ mod tests {
         std::fs::write(&s.auth.jwks_file, serde_json::to_vec(&set).expect("json")).expect("rotate");
         cache.refresh_for_kid("rsa-2").await;
         auth.verify(&rotated).expect("the rotated key is known now");
+        // Verified once, then kept.
+        let with_first_key = sign(Algorithm::RS256, &rs_key(), Some("rsa-1"), &claims());
+        auth.verify(&with_first_key).expect("rsa-1 is still in the set");
 
         // Another rotation right after: not read again until the interval
         // has passed (or the periodic refresh runs).
@@ -883,6 +968,60 @@ mod tests {
         cache.refresh().await.expect("periodic refresh");
         assert!(cache.has_kid("rsa-3"));
         assert!(!cache.has_kid("rsa-1"), "a key removed from the set is gone");
+        let err = auth
+            .verify(&with_first_key)
+            .expect_err("a kept token is checked again against the new set");
+        assert!(err.contains("rsa-1"), "{err}");
+    }
+
+    /// A kept token is trusted only while it is unexpired, for at most
+    /// `VERIFIED_FOR_SECS`, and with the key set it was verified with.
+    #[test]
+    fn verified_tokens_are_kept_within_bounds() {
+        let kept = VerifiedTokens::new();
+        let caller = Caller {
+            tenant_id: "acme".into(),
+            subject: "ada".into(),
+            roles: HashSet::from([Role::Rep]),
+        };
+        let now = 1_000_000;
+        kept.put("t-long", &caller, now + 3_600, now, 7);
+        assert_eq!(kept.get("t-long", now + 1, 7), Some(caller.clone()));
+        assert_eq!(kept.get("t-long", now + 1, 8), None, "another key set");
+        kept.put("t-long", &caller, now + 3_600, now, 7);
+        assert_eq!(
+            kept.get("t-long", now + VERIFIED_FOR_SECS, 7),
+            None,
+            "checked again after a minute"
+        );
+        kept.put("t-short", &caller, now + 5, now, 7);
+        assert_eq!(kept.get("t-short", now + 4, 7), Some(caller.clone()));
+        assert_eq!(kept.get("t-short", now + 5, 7), None, "expired");
+        kept.put("t-expired", &caller, now, now, 7);
+        assert_eq!(kept.get("t-expired", now, 7), None, "never kept");
+        assert_eq!(kept.get("unknown", now, 7), None);
+    }
+
+    /// A refused token is not kept: it is refused every time.
+    #[test]
+    fn refused_tokens_stay_refused() {
+        let c = config("s3cret-s3cret-s3cret-s3cret-s3cret");
+        let auth = Authenticator::new(&c);
+        let other = mint_token(
+            &config("another-key-another-key-another"),
+            "acme",
+            "ada",
+            &[Role::Admin],
+            Duration::from_secs(60),
+        )
+        .expect("mint");
+        for _ in 0..2 {
+            assert!(auth.verify(&other).is_err());
+        }
+        let good = mint_token(&c, "acme", "ada", &[Role::Admin], Duration::from_secs(60)).expect("mint");
+        for _ in 0..2 {
+            assert_eq!(auth.verify(&good).expect("verifies").tenant_id, "acme");
+        }
     }
 
     /// A JWKS without a key for the pinned algorithm is refused at start.

@@ -61,6 +61,9 @@ pub struct JwksCache {
     last_miss_refresh: Mutex<Option<Instant>>,
     /// One refresh at a time.
     refreshing: tokio::sync::Mutex<()>,
+    /// Bumped each time a key set is installed: tokens verified with an
+    /// earlier set are verified again (a key may have been withdrawn).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for JwksCache {
@@ -82,6 +85,7 @@ impl JwksCache {
             keys: RwLock::new(Arc::new(KeySet::default())),
             last_miss_refresh: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -122,6 +126,12 @@ impl JwksCache {
 
     fn install(&self, set: KeySet) {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Which key set is installed: changes with every refresh.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Reads the JWKS again; on failure keeps the keys it had.

@@ -728,13 +728,16 @@ async fn load_taken_references(
     if references.is_empty() {
         return Ok(out);
     }
+    // `IS NOT NULL` matches the index's predicate (only references are
+    // indexed), so both databases see they may use it.
     let sql = if conn.get_database_backend() == DatabaseBackend::Postgres {
         "SELECT a.source, a.external_reference FROM jsonb_array_elements($2::jsonb) AS r \
          CROSS JOIN LATERAL (SELECT source, external_reference FROM activities \
-         WHERE tenant_id = $1 AND source = r->>0 AND external_reference = r->>1 OFFSET 0) a"
+         WHERE tenant_id = $1 AND source = r->>0 AND external_reference = r->>1 \
+         AND external_reference IS NOT NULL OFFSET 0) a"
     } else {
         "SELECT source, external_reference FROM activities WHERE tenant_id = $1 \
-         AND (source, external_reference) IN (SELECT value->>0, value->>1 FROM json_each($2))"
+         AND external_reference IS NOT NULL AND (source, external_reference) IN (SELECT value->>0, value->>1 FROM json_each($2))"
     };
     let wanted: Vec<&(String, String)> = references.iter().collect();
     let values: Vec<Value> = vec![tenant.into(), serde_json::to_string(&wanted).unwrap_or_default().into()];

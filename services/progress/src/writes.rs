@@ -2,12 +2,14 @@
 //! the running totals they move.
 //!
 //! On PostgreSQL the whole write is one statement whose text does not
-//! depend on the batch size: every row set travels as one JSON parameter.
-//! Each round trip to the database costs both processes a wake-up and a
-//! system call or two, which at small batches (concurrent unary calls)
-//! costs more than the rows themselves; and a fixed text is parsed and
-//! planned once per connection, not once per batch size. SQLite runs in
-//! process, so it keeps plain multi-row statements.
+//! depend on the batch size: each column of a row set travels as one
+//! array parameter, in binary. Each round trip to the database costs both
+//! processes a wake-up and a system call or two, which at small batches
+//! (concurrent unary calls) costs more than the rows themselves; and a
+//! fixed text is parsed and planned once per connection, not once per
+//! batch size. (The rows were JSON before: parsing it was a seventh of
+//! PostgreSQL's time in an import.) SQLite runs in process, so it keeps
+//! plain multi-row statements.
 //!
 //! Milestone values are updated relatively (`value = value + delta`), in
 //! id order, so concurrent batches never lose an update and never deadlock
@@ -32,11 +34,16 @@ use crate::store::{exec, rows, Fired};
 /// PostgreSQL's (65535) limits: larger statements gain nothing.
 const MAX_PARAMS: usize = 8_000;
 
-/// A column's SQL type, to read it back from JSON on PostgreSQL.
-#[derive(Clone, Copy)]
+/// A column's SQL type, to send it as an array on PostgreSQL. An array
+/// parameter cannot hold NULLs here (sea-query binds `Vec<T>`), so a
+/// nullable column travels with a second array saying which rows have a
+/// value.
+#[derive(Clone, Copy, PartialEq)]
 enum Ty {
     Text,
+    NullableText,
     BigInt,
+    NullableBigInt,
     Bool,
     Bytes,
 }
@@ -50,16 +57,16 @@ const ACTIVITY_COLUMNS: &[(&str, Ty)] = &[
     ("occurred_at", Ty::BigInt),
     ("occurred_date", Ty::Text),
     ("source", Ty::Text),
-    ("external_reference", Ty::Text),
+    ("external_reference", Ty::NullableText),
     ("credit_splits", Ty::Text),
     ("state", Ty::Text),
     ("void_reason", Ty::Text),
-    ("void_time", Ty::BigInt),
+    ("void_time", Ty::NullableBigInt),
     ("create_time", Ty::BigInt),
     ("recorded_by", Ty::Text),
     ("request_id", Ty::Text),
     ("request_hash", Ty::Bytes),
-    ("credited_amount", Ty::BigInt),
+    ("credited_amount", Ty::NullableBigInt),
 ];
 
 const CREDIT_COLUMNS: &[(&str, Ty)] = &[
@@ -338,42 +345,48 @@ async fn write_postgres(
     let inserts = |first: usize| {
         format!(
             "a AS ({}), c AS ({})",
-            json_insert(
+            array_insert(
                 "activities",
                 ACTIVITY_COLUMNS,
                 first,
                 "ON CONFLICT (tenant_id, recorded_by, request_id) DO NOTHING RETURNING 1"
             ),
-            json_insert("activity_credits", CREDIT_COLUMNS, first + 1, ""),
+            array_insert(
+                "activity_credits",
+                CREDIT_COLUMNS,
+                first + array_params(ACTIVITY_COLUMNS),
+                ""
+            ),
         )
     };
-    // `d` reads its rows through `unnest(ARRAY(...))`, which the planner
-    // expects to be short (10 rows, against 100 for a JSON array): so it
-    // finds the milestones through their key, one by one in the order of
-    // `d`, not by reading the whole table, which a batch of a few
-    // activities cannot afford. Every row set arrives sorted by key, so
-    // concurrent batches lock their common rows in the same order and queue
-    // instead of deadlocking, without a separate `FOR UPDATE` pass (which
-    // doubled the work per milestone row: measured 4.3k -> 5.0-5.6k calls/s
-    // at 16 clients without it).
+    let inserts_params = array_params(ACTIVITY_COLUMNS) + array_params(CREDIT_COLUMNS);
+    // `d` reads its rows through `unnest(ARRAY(...))` of a JSON array,
+    // which the planner expects to be short (10 rows): so it finds the
+    // milestones through their key, one by one in the order of `d`, not by
+    // reading the whole table, which a batch of a few activities cannot
+    // afford. Every row set arrives sorted by key, so concurrent batches
+    // lock their common rows in the same order and queue instead of
+    // deadlocking, without a separate `FOR UPDATE` pass (which doubled the
+    // work per milestone row: measured 4.3k -> 5.0-5.6k calls/s at 16
+    // clients without it).
     let totals = |first: usize| {
+        let deltas = first + array_params(MEMBER_DAILY_COLUMNS) + array_params(MILESTONE_DAILY_COLUMNS);
         format!(
             "md AS ({}), sd AS ({}), \
              d AS (SELECT r->>0 AS id, (r->>1)::bigint AS delta, (r->>2)::bigint AS n \
-                   FROM unnest(ARRAY(SELECT jsonb_array_elements(${}::jsonb))) r), \
+                   FROM unnest(ARRAY(SELECT jsonb_array_elements(${deltas}::jsonb))) r), \
              u AS (UPDATE milestone_progress m SET value = m.value + d.delta, \
                    activity_count = m.activity_count + d.n, value_time = ${} \
                    FROM d WHERE m.id = d.id \
                    RETURNING m.id, m.value, m.fired)",
-            json_insert("member_daily", MEMBER_DAILY_COLUMNS, first, MEMBER_DAILY_CONFLICT),
-            json_insert(
+            array_insert("member_daily", MEMBER_DAILY_COLUMNS, first, MEMBER_DAILY_CONFLICT),
+            array_insert(
                 "milestone_daily",
                 MILESTONE_DAILY_COLUMNS,
-                first + 1,
+                first + array_params(MEMBER_DAILY_COLUMNS),
                 MILESTONE_DAILY_CONFLICT
             ),
-            first + 2,
-            first + 3,
+            deltas + 1,
         )
     };
     let expected = activities.len() as i64;
@@ -381,13 +394,11 @@ async fn write_postgres(
         .iter()
         .map(|(id, d)| vec![id.clone().into(), d.amount.into(), d.activities.into()])
         .collect();
-    let new_rows: Vec<Value> = vec![json_rows(&activities).into(), json_rows(&credits).into()];
-    let total_rows: Vec<Value> = vec![
-        json_rows(&member_daily).into(),
-        json_rows(&milestone_daily).into(),
-        json_rows(&deltas).into(),
-        now.into(),
-    ];
+    let mut new_rows = column_arrays(activities, ACTIVITY_COLUMNS);
+    new_rows.extend(column_arrays(credits, CREDIT_COLUMNS));
+    let mut total_rows = column_arrays(member_daily, MEMBER_DAILY_COLUMNS);
+    total_rows.extend(column_arrays(milestone_daily, MILESTONE_DAILY_COLUMNS));
+    total_rows.extend([json_rows(&deltas).into(), now.into()]);
     let query = |sql: &str, values: Vec<Value>| {
         conn.query_all(Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values))
     };
@@ -401,7 +412,7 @@ async fn write_postgres(
         Ok(())
     };
     let mut out = HashMap::new();
-    let found = if activities.len() >= SEPARATE_INSERTS_FROM {
+    let found = if expected >= SEPARATE_INSERTS_FROM as i64 {
         let sql = INSERTS.get_or_init(|| format!("WITH {} SELECT count(*) AS inserted FROM a", inserts(1)));
         for r in query(sql, new_rows).await? {
             check_inserted(&r)?;
@@ -415,7 +426,7 @@ async fn write_postgres(
                 "WITH {}, {} SELECT ac.inserted, u.id, u.value, u.fired \
                  FROM (SELECT count(*) AS inserted FROM a) ac LEFT JOIN u ON true",
                 inserts(1),
-                totals(3)
+                totals(1 + inserts_params)
             )
         });
         let mut values = new_rows;
@@ -434,25 +445,94 @@ async fn write_postgres(
     Ok(out)
 }
 
-/// `INSERT INTO table (...) SELECT ... FROM` the JSON array of rows in
-/// parameter `$param`, each row an array in column order.
-fn json_insert(table: &str, columns: &[(&str, Ty)], param: usize, suffix: &str) -> String {
+/// Parameters a row set of `columns` takes in [`array_insert`]: one array
+/// per column, and one more per nullable column.
+fn array_params(columns: &[(&str, Ty)]) -> usize {
+    columns.len()
+        + columns
+            .iter()
+            .filter(|(_, ty)| matches!(ty, Ty::NullableText | Ty::NullableBigInt))
+            .count()
+}
+
+/// `INSERT INTO table (...) SELECT ... FROM unnest(...)` of the rows'
+/// columns, as [`column_arrays`] passes them from parameter `$first` on.
+fn array_insert(table: &str, columns: &[(&str, Ty)], first: usize, suffix: &str) -> String {
+    let mut param = first;
+    let (mut arrays, mut aliases, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (_, ty)) in columns.iter().enumerate() {
+        let sql_type = match ty {
+            Ty::Text | Ty::NullableText => "text",
+            Ty::BigInt | Ty::NullableBigInt => "bigint",
+            Ty::Bool => "boolean",
+            Ty::Bytes => "bytea",
+        };
+        arrays.push(format!("${param}::{sql_type}[]"));
+        aliases.push(format!("c{i}"));
+        param += 1;
+        if matches!(ty, Ty::NullableText | Ty::NullableBigInt) {
+            arrays.push(format!("${param}::boolean[]"));
+            aliases.push(format!("p{i}"));
+            values.push(format!("CASE WHEN r.p{i} THEN r.c{i} END"));
+            param += 1;
+        } else {
+            values.push(format!("r.c{i}"));
+        }
+    }
     let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
-    let exprs: Vec<String> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, (_, ty))| match ty {
-            Ty::Text => format!("r->>{i}"),
-            Ty::BigInt => format!("(r->>{i})::bigint"),
-            Ty::Bool => format!("(r->>{i})::boolean"),
-            Ty::Bytes => format!("decode(r->>{i}, 'base64')"),
-        })
-        .collect();
     format!(
-        "INSERT INTO {table} ({}) SELECT {} FROM jsonb_array_elements(${param}::jsonb) r {suffix}",
+        "INSERT INTO {table} ({}) SELECT {} FROM unnest({}) AS r({}) {suffix}",
         names.join(", "),
-        exprs.join(", ")
+        values.join(", "),
+        arrays.join(", "),
+        aliases.join(", ")
     )
+}
+
+/// The rows' columns as array parameters for [`array_insert`]; a nullable
+/// column is followed by whether each row has a value (a row without one
+/// holds a placeholder).
+fn column_arrays(rows: Vec<Vec<Value>>, columns: &[(&str, Ty)]) -> Vec<Value> {
+    use sea_orm::sea_query::ArrayType;
+    let mut cells: Vec<Vec<Value>> = columns.iter().map(|_| Vec::with_capacity(rows.len())).collect();
+    let mut present: Vec<Vec<Value>> = columns.iter().map(|_| Vec::new()).collect();
+    for row in rows {
+        for (i, cell) in row.into_iter().enumerate() {
+            match columns[i].1 {
+                Ty::NullableText => {
+                    let text = match cell {
+                        Value::String(Some(s)) => Some(s),
+                        _ => None,
+                    };
+                    present[i].push(text.is_some().into());
+                    cells[i].push(Value::String(Some(text.unwrap_or_default())));
+                }
+                Ty::NullableBigInt => {
+                    let n = match cell {
+                        Value::BigInt(n) => n,
+                        _ => None,
+                    };
+                    present[i].push(n.is_some().into());
+                    cells[i].push(n.unwrap_or_default().into());
+                }
+                _ => cells[i].push(cell),
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(array_params(columns));
+    for ((cells, present), (_, ty)) in cells.into_iter().zip(present).zip(columns) {
+        let array_type = match ty {
+            Ty::Text | Ty::NullableText => ArrayType::String,
+            Ty::BigInt | Ty::NullableBigInt => ArrayType::BigInt,
+            Ty::Bool => ArrayType::Bool,
+            Ty::Bytes => ArrayType::Bytes,
+        };
+        out.push(Value::Array(array_type, Some(Box::new(cells))));
+        if matches!(ty, Ty::NullableText | Ty::NullableBigInt) {
+            out.push(Value::Array(ArrayType::Bool, Some(Box::new(present))));
+        }
+    }
+    out
 }
 
 /// Rows as a JSON array of arrays; bytes in base64. Written straight into
@@ -645,7 +725,7 @@ async fn settle(
 mod tests {
     use sea_orm::Value;
 
-    use super::json_rows;
+    use super::{array_insert, array_params, column_arrays, json_rows, Ty};
 
     /// The hand-written JSON reads back as what serde_json makes of the
     /// same cells, escapes included.
@@ -671,5 +751,40 @@ mod tests {
             ])
         );
         assert_eq!(json_rows(&[]), "[]");
+    }
+
+    /// A nullable column travels as its values and whether each row has
+    /// one; the statement puts NULL back where it has none.
+    #[test]
+    fn nullable_columns_travel_with_their_presence() {
+        use sea_orm::sea_query::ArrayType;
+        let columns = &[
+            ("id", Ty::Text),
+            ("reference", Ty::NullableText),
+            ("amount", Ty::NullableBigInt),
+        ];
+        let rows = vec![
+            vec![Value::from("a"), Value::String(None), Value::from(7i64)],
+            vec![Value::from("b"), Value::from("crm-1"), Value::BigInt(None)],
+        ];
+        let arrays = column_arrays(rows, columns);
+        assert_eq!(arrays.len(), array_params(columns));
+        let array = |ty, cells: Vec<Value>| Value::Array(ty, Some(Box::new(cells)));
+        assert_eq!(
+            arrays,
+            vec![
+                array(ArrayType::String, vec!["a".into(), "b".into()]),
+                array(ArrayType::String, vec!["".into(), "crm-1".into()]),
+                array(ArrayType::Bool, vec![false.into(), true.into()]),
+                array(ArrayType::BigInt, vec![7i64.into(), 0i64.into()]),
+                array(ArrayType::Bool, vec![true.into(), false.into()]),
+            ]
+        );
+        assert_eq!(
+            array_insert("t", columns, 3, "ON CONFLICT DO NOTHING"),
+            "INSERT INTO t (id, reference, amount) SELECT r.c0, CASE WHEN r.p1 THEN r.c1 END, \
+             CASE WHEN r.p2 THEN r.c2 END FROM unnest($3::text[], $4::text[], $5::boolean[], $6::bigint[], \
+             $7::boolean[]) AS r(c0, c1, p1, c2, p2) ON CONFLICT DO NOTHING"
+        );
     }
 }

@@ -651,6 +651,91 @@ async fn leaderboards_rank_with_ties_and_pages() {
     app.stop().await;
 }
 
+/// A team's board holds the members of its subtree on the board's day:
+/// sub-teams' members too, not those who left before that day or belong to
+/// another team. A board without a team holds every member; another
+/// tenant's team is not found; a renamed member shows the new name.
+#[tokio::test]
+async fn leaderboards_hold_the_subtree_on_the_day() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let sales = team(&mut goal, "Sales", "").await;
+    let east = team(&mut goal, "East", &sales.name).await;
+    let support = team(&mut goal, "Support", "").await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mut reps = BTreeMap::new();
+    for (name, t, end) in [
+        ("Lead", &sales, None),
+        ("Easterner", &east, None),
+        ("Helper", &support, None),
+        ("Leaver", &east, date(2026, 3, 31)),
+    ] {
+        let r = member(&mut goal, name, g::MemberRole::Rep).await;
+        membership(&mut goal, &r, t, date(2026, 1, 1), end)
+            .await
+            .expect("membership");
+        reps.insert(name, r);
+    }
+    // Goal's feed is applied in order: once this milestone is tracked, the
+    // teams and memberships before it are too.
+    let m = active(&mut goal, &reps["Helper"].name, &arr, "FY2026", 100).await;
+    progress_of(&mut prog, &m).await;
+    let mut reader = app.progress("acme", &[Role::Admin]).await;
+    let board = |team: &str| p::GetLeaderboardRequest {
+        team: team.into(),
+        metric: arr.name.clone(),
+        period: Some(p::get_leaderboard_request::Period::FiscalPeriod("FY2026".into())),
+        rank_by: p::RankBy::Value as i32,
+        page_size: 10,
+        page_token: String::new(),
+    };
+    let names = |b: p::GetLeaderboardResponse| {
+        let mut names: Vec<String> = b.entries.into_iter().map(|e| e.display_name).collect();
+        names.sort();
+        names
+    };
+    let sales_board = reader.get_leaderboard(board(&sales.name)).await.expect("board");
+    assert_eq!(names(sales_board.into_inner()), vec!["Easterner", "Lead"]);
+    let east_board = reader.get_leaderboard(board(&east.name)).await.expect("board");
+    assert_eq!(names(east_board.into_inner()), vec!["Easterner"]);
+    let everyone = reader.get_leaderboard(board("")).await.expect("board");
+    assert_eq!(
+        names(everyone.into_inner()),
+        vec!["Easterner", "Helper", "Lead", "Leaver"]
+    );
+
+    let mut other_goal = app.admin("globex").await;
+    let theirs = team(&mut other_goal, "Theirs", "").await;
+    let err = reader
+        .get_leaderboard(board(&theirs.name))
+        .await
+        .expect_err("another tenant's team");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    let mut lead = reps["Lead"].clone();
+    lead.display_name = "Lead Renamed".into();
+    goal.update_member(g::UpdateMemberRequest {
+        member: Some(lead),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["display_name".into()],
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .expect("rename");
+    eventually("the new name on the board", || {
+        let mut reader = reader.clone();
+        let request = board(&sales.name);
+        async move {
+            let b = reader.get_leaderboard(request).await.expect("board").into_inner();
+            b.entries.iter().any(|e| e.display_name == "Lead Renamed").then_some(())
+        }
+    })
+    .await;
+    app.stop().await;
+}
+
 /// A and B tie at 50 %: their order is by member name, whichever that is.
 fn reps_name(reps: &[g::Member], i: usize, board: &p::GetLeaderboardResponse) -> String {
     let mut tied: Vec<&g::Member> = reps

@@ -147,7 +147,7 @@ impl Progress {
                 .cloned()
                 .ok_or_else(|| ApiError::not_found(Collection::Metrics.name(&e.metric_id)))?;
             for m in std::iter::once(&e.member_id).chain(e.splits.iter().map(|(m, _)| m)) {
-                if !known.contains(m) {
+                if !known.contains_key(m) {
                     return Err(ApiError::not_found(Collection::Members.name(m)).into());
                 }
             }
@@ -312,7 +312,8 @@ pub struct TenantOrg {
     pub(crate) settings: milestones_domain::tenant::TenantSettings,
     /// Metric id → (aggregation, negative values allowed).
     metrics: HashMap<String, (String, bool)>,
-    members: BTreeSet<String>,
+    /// Member id → display name.
+    members: BTreeMap<String, String>,
     stints: HashMap<String, Vec<Stint>>,
     /// Every ACTIVE milestone (its value and thresholds are re-read under
     /// lock when a batch applies to it).
@@ -387,6 +388,22 @@ impl OrgCache {
     /// no milestone recomputed without this batch's credits) meanwhile.
     async fn get(&self, conn: &impl ConnectionTrait, tenant: &str) -> Result<Arc<TenantOrg>, ApiError> {
         let cursor = crate::projection::lock_cursor(conn, crate::projection::CursorLock::Ingest).await?;
+        self.at(conn, tenant, cursor).await
+    }
+
+    /// The org of `tenant` as of the goal feed position `conn` sees now,
+    /// for a read: the cursor is not locked, so a change may be applied
+    /// meanwhile, as it may right after any read.
+    pub(crate) async fn get_for_read(
+        &self,
+        conn: &impl ConnectionTrait,
+        tenant: &str,
+    ) -> Result<Arc<TenantOrg>, ApiError> {
+        let cursor = crate::projection::load_cursor(conn).await?;
+        self.at(conn, tenant, cursor).await
+    }
+
+    async fn at(&self, conn: &impl ConnectionTrait, tenant: &str, cursor: i64) -> Result<Arc<TenantOrg>, ApiError> {
         let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).cloned();
         if let Some(org) = kept.filter(|o| o.cursor == cursor) {
             return Ok(org);
@@ -416,15 +433,15 @@ impl TenantOrg {
                 (r.try_get("", "aggregation")?, r.try_get("", "allow_negative_values")?),
             );
         }
-        let mut members = BTreeSet::new();
+        let mut members = BTreeMap::new();
         for r in rows(
             conn,
-            "SELECT id FROM projection_members WHERE tenant_id = $1",
+            "SELECT id, display_name FROM projection_members WHERE tenant_id = $1",
             vec![tenant.into()],
         )
         .await?
         {
-            members.insert(r.try_get("", "id")?);
+            members.insert(r.try_get("", "id")?, r.try_get("", "display_name")?);
         }
         let parents = load_team_parents(conn, tenant).await?;
         let mut stints: HashMap<String, Vec<Stint>> = HashMap::new();
@@ -478,6 +495,31 @@ impl TenantOrg {
             team_milestones,
             chains,
         })
+    }
+
+    /// Whether the tenant has this team.
+    pub(crate) fn has_team(&self, team: &str) -> bool {
+        self.chains.contains_key(team)
+    }
+
+    /// The members (id, display name) in `team`'s subtree on `day` (every
+    /// member when `team` is None), in id order.
+    pub(crate) fn members_on(&self, team: Option<&str>, day: &str) -> Vec<(String, String)> {
+        let in_subtree = |member: &str, team: &str| {
+            self.stints.get(member).into_iter().flatten().any(|s| {
+                s.start.as_str() <= day
+                    && s.end.as_deref().is_none_or(|end| end >= day)
+                    && self
+                        .chains
+                        .get(&s.team)
+                        .is_some_and(|chain| chain.iter().any(|t| t == team))
+            })
+        };
+        self.members
+            .iter()
+            .filter(|(id, _)| team.is_none_or(|team| in_subtree(id, team)))
+            .map(|(id, name)| (id.clone(), name.clone()))
+            .collect()
     }
 
     /// The milestones a credit to `member` for `metric` on `day` counts

@@ -388,7 +388,12 @@ impl OrgCache {
     /// no milestone recomputed without this batch's credits) meanwhile.
     async fn get(&self, conn: &impl ConnectionTrait, tenant: &str) -> Result<Arc<TenantOrg>, ApiError> {
         let cursor = crate::projection::lock_cursor(conn, crate::projection::CursorLock::Ingest).await?;
-        self.at(conn, tenant, cursor).await
+        if let Some(org) = self.kept(tenant, cursor) {
+            return Ok(org);
+        }
+        let org = Arc::new(TenantOrg::load(conn, tenant, cursor).await?);
+        self.keep(tenant, &org);
+        Ok(org)
     }
 
     /// The org of `tenant` as of the goal feed position `conn` sees now,
@@ -400,20 +405,29 @@ impl OrgCache {
         tenant: &str,
     ) -> Result<Arc<TenantOrg>, ApiError> {
         let cursor = crate::projection::load_cursor(conn).await?;
-        self.at(conn, tenant, cursor).await
-    }
-
-    async fn at(&self, conn: &impl ConnectionTrait, tenant: &str, cursor: i64) -> Result<Arc<TenantOrg>, ApiError> {
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).cloned();
-        if let Some(org) = kept.filter(|o| o.cursor == cursor) {
+        if let Some(org) = self.kept(tenant, cursor) {
             return Ok(org);
         }
         let org = Arc::new(TenantOrg::load(conn, tenant, cursor).await?);
+        // Read without a lock, the copy may hold part of a change applied
+        // meanwhile; a change moves the cursor in its transaction, so the
+        // copy is kept only if the cursor has not moved.
+        if crate::projection::load_cursor(conn).await? == cursor {
+            self.keep(tenant, &org);
+        }
+        Ok(org)
+    }
+
+    fn kept(&self, tenant: &str, cursor: i64) -> Option<Arc<TenantOrg>> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.get(tenant).filter(|o| o.cursor == cursor).cloned()
+    }
+
+    fn keep(&self, tenant: &str, org: &Arc<TenantOrg>) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .put(tenant.to_string(), org.clone());
-        Ok(org)
     }
 }
 

@@ -7,6 +7,9 @@
 # Uses target/release/milestones (build it with
 # `cargo build --release -p milestones`), or $MILESTONES_BIN. The server
 # listens on 127.0.0.1:50062 with fresh databases and is stopped at the end.
+# The bench is given the server's process id, so its unary and bulk lines
+# also say how much CPU the server, the client and PostgreSQL spent per
+# activity.
 set -euo pipefail
 backend=${1:?usage: tests/bench/run.sh sqlite|postgres [bench args...]}
 shift
@@ -49,4 +52,4 @@ fi
 "$bin" server --listen 127.0.0.1:50062 >"${SERVER_LOG:-$work/server.log}" 2>&1 &
 server=$!
 sleep 3
-"$bin" bench --endpoint http://127.0.0.1:50062 "$@"
+"$bin" bench --endpoint http://127.0.0.1:50062 --server-pid "$server" "$@"

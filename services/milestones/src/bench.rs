@@ -54,6 +54,12 @@ pub struct BenchArgs {
     /// Read calls per measurement.
     #[arg(long, default_value_t = 1_000)]
     reads: usize,
+    /// The server's process id, on the same Linux machine: the unary and
+    /// bulk lines then also give the CPU time the server, this client and
+    /// PostgreSQL spent per activity, which varies less between runs than
+    /// throughput on a shared machine.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Clone)]
@@ -75,6 +81,8 @@ struct Samples {
     latencies: Vec<Duration>,
     elapsed: Duration,
     items: usize,
+    /// CPU time spent meanwhile, when the server's process is known.
+    cpu: Option<Cpu>,
 }
 
 impl Samples {
@@ -94,6 +102,70 @@ impl Samples {
             self.items,
             self.elapsed.as_secs_f64()
         );
+        if let Some(cpu) = self.cpu {
+            let per_item = |seconds: f64| seconds / self.items.max(1) as f64 * 1e6;
+            println!(
+                "{:<44} CPU per item: server {:.1} µs, client {:.1} µs, PostgreSQL {:.1} µs",
+                "",
+                per_item(cpu.server),
+                per_item(cpu.client),
+                per_item(cpu.postgres)
+            );
+        }
+    }
+}
+
+/// The CPU seconds (user and system) in a `/proc/PID/stat` line. The
+/// command name, in parentheses, may hold spaces and parentheses itself;
+/// the times are in USER_HZ ticks, 100 per second in Linux's ABI.
+fn stat_seconds(stat: &str) -> Option<f64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// CPU seconds spent by the server, this process and every PostgreSQL
+/// process on the machine, from Linux's `/proc`.
+#[derive(Clone, Copy, Debug)]
+struct Cpu {
+    server: f64,
+    client: f64,
+    postgres: f64,
+}
+
+impl Cpu {
+    /// So far; None without the server's process id or `/proc`.
+    fn now(server_pid: Option<u32>) -> Option<Cpu> {
+        let seconds = stat_seconds;
+        let read = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let server = seconds(&read(&server_pid?.to_string())?)?;
+        let client = seconds(&read("self")?)?;
+        let mut postgres = 0.0;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let pid = entry.file_name().to_string_lossy().to_string();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let is_postgres = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"postgres"));
+            if is_postgres {
+                postgres += read(&pid).as_deref().and_then(seconds).unwrap_or(0.0);
+            }
+        }
+        Some(Cpu {
+            server,
+            client,
+            postgres,
+        })
+    }
+
+    /// What was spent since `before`.
+    fn since(before: Option<Cpu>, server_pid: Option<u32>) -> Option<Cpu> {
+        let (before, after) = (before?, Cpu::now(server_pid)?);
+        Some(Cpu {
+            server: after.server - before.server,
+            client: after.client - before.client,
+            postgres: after.postgres - before.postgres,
+        })
     }
 }
 
@@ -139,7 +211,7 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     let recorded = Arc::new(AtomicU64::new(0));
 
     for &c in &args.concurrency {
-        let mut s = unary(&progress, &org, args.unary_requests, c, &recorded).await?;
+        let mut s = unary(&progress, &org, args.unary_requests, c, &recorded, args.server_pid).await?;
         s.print();
     }
     event_latency(&mut goal, &progress, &org, &tenant).await?.print();
@@ -332,7 +404,9 @@ async fn unary(
     requests: usize,
     concurrency: usize,
     recorded: &Arc<AtomicU64>,
+    server_pid: Option<u32>,
 ) -> anyhow::Result<Samples> {
+    let cpu = Cpu::now(server_pid);
     let start = Instant::now();
     let mut tasks = Vec::new();
     let per_task = requests / concurrency.max(1);
@@ -361,6 +435,7 @@ async fn unary(
         items: latencies.len(),
         latencies,
         elapsed: start.elapsed(),
+        cpu: Cpu::since(cpu, server_pid),
     })
 }
 
@@ -431,6 +506,7 @@ async fn event_latency(goal: &mut Goal, progress: &Progress, org: &Org, tenant: 
         items: latencies.len(),
         latencies,
         elapsed: start.elapsed(),
+        cpu: None,
     })
 }
 
@@ -452,6 +528,7 @@ async fn top_up(
     args: &BenchArgs,
     recorded: &Arc<AtomicU64>,
 ) -> anyhow::Result<Samples> {
+    let cpu = Cpu::now(args.server_pid);
     let start = Instant::now();
     let before = recorded.load(Ordering::Relaxed) as usize;
     let missing = total.saturating_sub(before);
@@ -492,6 +569,7 @@ async fn top_up(
         items: missing,
         latencies,
         elapsed: start.elapsed(),
+        cpu: Cpu::since(cpu, args.server_pid),
     })
 }
 
@@ -513,6 +591,7 @@ async fn reads(progress: &Progress, org: &Org, n: usize, recorded: u64) -> anyho
         items: n,
         latencies: lat,
         elapsed: start.elapsed(),
+        cpu: None,
     }
     .print();
     let mut lat = Vec::with_capacity(n);
@@ -535,7 +614,20 @@ async fn reads(progress: &Progress, org: &Org, n: usize, recorded: u64) -> anyho
         items: n,
         latencies: lat,
         elapsed: start.elapsed(),
+        cpu: None,
     }
     .print();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// utime and stime are the 14th and 15th fields, counted past a
+    /// command name that holds spaces and a parenthesis.
+    #[test]
+    fn cpu_seconds_come_from_utime_and_stime() {
+        let stat = "4242 (tokio (rt) w) S 1 4242 4242 0 -1 4194560 812 0 0 0 1234 56 0 0 20 0 9 0 100 0 0";
+        assert_eq!(super::stat_seconds(stat), Some(12.90));
+        assert_eq!(super::stat_seconds("4242 (short) S 1"), None);
+    }
 }

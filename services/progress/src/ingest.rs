@@ -49,6 +49,13 @@ struct Stint {
     end: Option<String>,
 }
 
+impl Stint {
+    /// Whether the membership holds on `day`.
+    fn covers(&self, day: &str) -> bool {
+        self.start.as_str() <= day && self.end.as_deref().is_none_or(|end| end >= day)
+    }
+}
+
 impl Progress {
     /// Records activities, all or nothing, and returns them in order. Each
     /// entry's `request_id` makes it idempotent on its own.
@@ -521,8 +528,7 @@ impl TenantOrg {
     pub(crate) fn members_on(&self, team: Option<&str>, day: &str) -> Vec<(String, String)> {
         let in_subtree = |member: &str, team: &str| {
             self.stints.get(member).into_iter().flatten().any(|s| {
-                s.start.as_str() <= day
-                    && s.end.as_deref().is_none_or(|end| end >= day)
+                s.covers(day)
                     && self
                         .chains
                         .get(&s.team)
@@ -542,10 +548,7 @@ impl TenantOrg {
         let chain: &[String] = self
             .stints
             .get(member)
-            .and_then(|ss| {
-                ss.iter()
-                    .find(|s| s.start.as_str() <= day && s.end.as_deref().is_none_or(|end| end >= day))
-            })
+            .and_then(|ss| ss.iter().find(|s| s.covers(day)))
             .and_then(|s| self.chains.get(&s.team))
             .map_or(&[], Vec::as_slice);
         let counts = |m: &&Scope| m.metric_id == metric && m.start_date.as_str() <= day && day <= m.end_date.as_str();

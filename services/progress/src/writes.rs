@@ -37,7 +37,7 @@ const MAX_PARAMS: usize = 8_000;
 /// parameter cannot hold NULLs here (sea-query binds `Vec<T>`), so a
 /// nullable column travels with a second array saying which rows have a
 /// value.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Ty {
     Text,
     NullableText,
@@ -45,6 +45,23 @@ enum Ty {
     NullableBigInt,
     Bool,
     Bytes,
+}
+
+impl Ty {
+    fn nullable(self) -> bool {
+        matches!(self, Ty::NullableText | Ty::NullableBigInt)
+    }
+
+    /// The SQL type of its array's elements, and the array's sea-query type.
+    fn array_of(self) -> (&'static str, sea_orm::sea_query::ArrayType) {
+        use sea_orm::sea_query::ArrayType;
+        match self {
+            Ty::Text | Ty::NullableText => ("text", ArrayType::String),
+            Ty::BigInt | Ty::NullableBigInt => ("bigint", ArrayType::BigInt),
+            Ty::Bool => ("boolean", ArrayType::Bool),
+            Ty::Bytes => ("bytea", ArrayType::Bytes),
+        }
+    }
 }
 
 const ACTIVITY_COLUMNS: &[(&str, Ty)] = &[
@@ -447,11 +464,7 @@ async fn write_postgres(
 /// Parameters a row set of `columns` takes in [`array_insert`]: one array
 /// per column, and one more per nullable column.
 fn array_params(columns: &[(&str, Ty)]) -> usize {
-    columns.len()
-        + columns
-            .iter()
-            .filter(|(_, ty)| matches!(ty, Ty::NullableText | Ty::NullableBigInt))
-            .count()
+    columns.len() + columns.iter().filter(|(_, ty)| ty.nullable()).count()
 }
 
 /// `INSERT INTO table (...) SELECT ... FROM unnest(...)` of the rows'
@@ -460,16 +473,11 @@ fn array_insert(table: &str, columns: &[(&str, Ty)], first: usize, suffix: &str)
     let mut param = first;
     let (mut arrays, mut aliases, mut values) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (_, ty)) in columns.iter().enumerate() {
-        let sql_type = match ty {
-            Ty::Text | Ty::NullableText => "text",
-            Ty::BigInt | Ty::NullableBigInt => "bigint",
-            Ty::Bool => "boolean",
-            Ty::Bytes => "bytea",
-        };
+        let (sql_type, _) = ty.array_of();
         arrays.push(format!("${param}::{sql_type}[]"));
         aliases.push(format!("c{i}"));
         param += 1;
-        if matches!(ty, Ty::NullableText | Ty::NullableBigInt) {
+        if ty.nullable() {
             arrays.push(format!("${param}::boolean[]"));
             aliases.push(format!("p{i}"));
             values.push(format!("CASE WHEN r.p{i} THEN r.c{i} END"));
@@ -520,14 +528,8 @@ fn column_arrays(rows: Vec<Vec<Value>>, columns: &[(&str, Ty)]) -> Vec<Value> {
     }
     let mut out = Vec::with_capacity(array_params(columns));
     for ((cells, present), (_, ty)) in cells.into_iter().zip(present).zip(columns) {
-        let array_type = match ty {
-            Ty::Text | Ty::NullableText => ArrayType::String,
-            Ty::BigInt | Ty::NullableBigInt => ArrayType::BigInt,
-            Ty::Bool => ArrayType::Bool,
-            Ty::Bytes => ArrayType::Bytes,
-        };
-        out.push(Value::Array(array_type, Some(Box::new(cells))));
-        if matches!(ty, Ty::NullableText | Ty::NullableBigInt) {
+        out.push(Value::Array(ty.array_of().1, Some(Box::new(cells))));
+        if ty.nullable() {
             out.push(Value::Array(ArrayType::Bool, Some(Box::new(present))));
         }
     }

@@ -648,7 +648,7 @@ mod tests {
         let token = mint_token(&c, "acme", "ada", &[Role::Admin], Duration::from_secs(60)).expect("mint");
         let auth = Authenticator::new(&c);
         let caller = auth.verify(&token).expect("verifies");
-        assert_eq!(auth.verify(&token).expect("kept"), caller);
+        assert_eq!(auth.verify(&token).expect("verifies again"), caller);
         assert_eq!(caller.tenant_id, "acme");
         assert_eq!(caller.subject, "ada");
         assert!(caller.roles.contains(&Role::Admin));

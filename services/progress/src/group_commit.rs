@@ -27,11 +27,17 @@ use crate::ops::{NewActivity, Progress};
 /// Batches being written at once. Every batch updates the same team
 /// milestones up the tree, so a second writer waits on the first one's row
 /// locks for part of its write; but it plans, inserts and talks to its
-/// clients meanwhile. Measured on PostgreSQL (2026-11-29, after activities
-/// became one row each): 16 clients 5.3-5.7k calls/s with one writer,
-/// 5.4-6.4k with two; 64 clients 7.6-8.7k with two (5.6k with one at the
-/// last measurement). More writers only queue on the same rows.
-const WRITERS: usize = 2;
+/// clients meanwhile. More writers only queue on the same rows.
+const WRITERS: u32 = 2;
+
+/// The fewest calls a batch must hold to be written beside another one.
+/// A second writer pays a whole transaction for its batch (most of a
+/// small batch's cost), while the calls it takes would otherwise only wait
+/// for the first writer's commit and join the next, larger batch. So it
+/// starts only when enough calls wait. Measured on PostgreSQL (2026-11-29,
+/// three A/B pairs): 16 clients 3.9-4.5k calls/s with one writer against
+/// 3.7k with two; 64 clients 6.8-7.8k with two against 6.0-6.5k with one.
+const SECOND_WRITER_FROM: usize = 24;
 
 /// Most calls merged into one transaction.
 const MAX_MERGED: usize = 512;
@@ -88,10 +94,10 @@ const REGROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 /// held, the next batch waits briefly (at most [`REGROUP_WAIT`]) for that
 /// many to gather.
 async fn dispatch(progress: Progress, mut calls: mpsc::Receiver<Pending>) {
-    let writers = Arc::new(Semaphore::new(WRITERS));
+    let writers = Arc::new(Semaphore::new(WRITERS as usize));
     let mut previous_size = 0;
     loop {
-        let Ok(permit) = writers.clone().acquire_owned().await else {
+        let Ok(mut permit) = writers.clone().acquire_owned().await else {
             return;
         };
         let Some(first) = calls.recv().await else {
@@ -107,6 +113,20 @@ async fn dispatch(progress: Progress, mut calls: mpsc::Receiver<Pending>) {
                     _ => break,
                 },
                 Err(_) => break,
+            }
+        }
+        // A small batch waits for the other writer, gathering the calls
+        // that arrive meanwhile, unless they become enough to go beside it.
+        while batch.len() < SECOND_WRITER_FROM && permit.num_permits() < WRITERS as usize {
+            tokio::select! {
+                rest = writers.clone().acquire_many_owned(WRITERS - 1) => match rest {
+                    Ok(rest) => permit.merge(rest),
+                    Err(_) => return,
+                },
+                p = calls.recv() => match p {
+                    Some(p) => batch.push(p),
+                    None => return,
+                },
             }
         }
         previous_size = batch.len();

@@ -12,6 +12,7 @@ mod recognition;
 mod rules;
 mod security;
 mod server;
+mod test_ca;
 mod tls;
 mod tokens;
 mod validation;

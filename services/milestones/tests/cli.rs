@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use chrono::Datelike;
 use serde_json::Value;
 
+#[path = "../../../tests/suite/test_ca.rs"]
+mod test_ca;
+use test_ca::TestCa;
+
 const BIN: &str = env!("CARGO_BIN_EXE_milestones");
 
 /// A command without any MILESTONES* variable of the caller's shell, so a
@@ -59,10 +63,18 @@ struct Server {
     endpoint: String,
     data_dir: PathBuf,
     log: Arc<Mutex<String>>,
+    /// Variables every client command of this server gets (TLS files).
+    client_env: Vec<(&'static str, PathBuf)>,
 }
 
 impl Server {
     fn start() -> Server {
+        Server::start_with("http", &[], Vec::new())
+    }
+
+    /// A server with `server_env` on top of the test's settings, reached
+    /// at `scheme`://, its client commands given `client_env`.
+    fn start_with(scheme: &str, server_env: &[(&str, &PathBuf)], client_env: Vec<(&'static str, PathBuf)>) -> Server {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let data_dir = std::env::temp_dir().join(format!(
             "milestones-cli-test-{}-{}-{}",
@@ -76,6 +88,7 @@ impl Server {
             .env("MILESTONES__LOG__FILTER", "warn")
             .env("MILESTONES__GRPC__FEED_POLL_MS", "100")
             .env("MILESTONES__GRPC__SHUTDOWN_GRACE_SECS", "1")
+            .envs(server_env.iter().map(|(k, v)| (*k, v.as_os_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -111,9 +124,10 @@ impl Server {
         };
         let server = Server {
             child,
-            endpoint: format!("http://{addr}"),
+            endpoint: format!("{scheme}://{addr}"),
             data_dir,
             log,
+            client_env,
         };
         // Listening is not serving: wait for the services to answer.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -143,6 +157,7 @@ impl Server {
         let mut cmd = clean_command();
         cmd.args(args)
             .env("MILESTONES_ENDPOINT", &self.endpoint)
+            .envs(self.client_env.iter().map(|(k, v)| (*k, v.as_os_str())))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
         cmd
@@ -848,4 +863,129 @@ fn help_explains_the_flags() {
     ] {
         assert!(record.contains(wanted), "{wanted:?} missing:\n{record}");
     }
+}
+
+/// `name` holding `pem` in `dir`.
+fn pem_file(dir: &std::path::Path, name: &str, pem: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("scratch dir");
+    let path = dir.join(name);
+    std::fs::write(&path, pem).expect("write pem");
+    path
+}
+
+/// Against a server demanding mutual TLS, the CLI connects with --ca-cert
+/// and a client certificate (here from the environment) and works as over
+/// plaintext; without a client certificate, trusting another CA, or
+/// without --ca-cert it exits UNAVAILABLE or with a usage error that names
+/// what to pass.
+#[test]
+fn the_cli_reaches_a_server_over_mutual_tls() {
+    let dir = std::env::temp_dir().join(format!(
+        "milestones-cli-tls-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    ));
+    let ca = TestCa::new("Milestones Test CA");
+    let ca_file = pem_file(&dir, "ca.pem", &ca.pem());
+    let (cert, key) = ca.issue("milestones", &["localhost", "127.0.0.1"]);
+    let (server_cert, server_key) = (pem_file(&dir, "server.pem", &cert), pem_file(&dir, "server.key", &key));
+    let (cert, key) = ca.issue("crm-connector", &["crm-connector"]);
+    let (client_cert, client_key) = (pem_file(&dir, "client.pem", &cert), pem_file(&dir, "client.key", &key));
+    let other_ca = pem_file(&dir, "other-ca.pem", &TestCa::new("Other CA").pem());
+    let s = Server::start_with(
+        "https",
+        &[
+            ("MILESTONES__TLS__CERT_FILE", &server_cert),
+            ("MILESTONES__TLS__KEY_FILE", &server_key),
+            ("MILESTONES__TLS__CLIENT_CA_FILE", &ca_file),
+            ("MILESTONES__TLS__CA_FILE", &ca_file),
+        ],
+        vec![
+            ("MILESTONES_CA_CERT", ca_file.clone()),
+            ("MILESTONES_CLIENT_CERT", client_cert.clone()),
+            ("MILESTONES_CLIENT_KEY", client_key.clone()),
+        ],
+    );
+    assert!(s.endpoint.starts_with("https://"), "{}", s.endpoint);
+
+    let sales = s.cli(&["teams", "create", "Sales"]).ok().name();
+    assert!(sales.starts_with("teams/"), "{sales}");
+    let listed = s.cli(&["teams", "list"]).ok();
+    assert!(listed.stdout.contains("Sales"), "{}", listed.stdout);
+
+    // Each refusal: a fresh command with only the flags under test.
+    let bare = |args: &[&str]| {
+        let out = clean_command()
+            .args(args)
+            .args(["--endpoint", &s.endpoint])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the cli");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let ca_arg = ca_file.to_string_lossy().into_owned();
+    let no_ca = bare(&["teams", "list"]);
+    assert_ne!(no_ca.code, 0);
+    assert!(no_ca.stderr.contains("--ca-cert"), "{}", no_ca.stderr);
+
+    let no_client_cert = bare(&["teams", "list", "--ca-cert", &ca_arg]);
+    assert_eq!(
+        no_client_cert.code, 69,
+        "UNAVAILABLE's exit code: {}",
+        no_client_cert.stderr
+    );
+    assert!(
+        (no_client_cert.stderr.contains("connection failed") || no_client_cert.stderr.contains("cannot reach"))
+            && no_client_cert.stderr.contains("--client-cert"),
+        "{}",
+        no_client_cert.stderr
+    );
+
+    let other = other_ca.to_string_lossy().into_owned();
+    let (cert_arg, key_arg) = (
+        client_cert.to_string_lossy().into_owned(),
+        client_key.to_string_lossy().into_owned(),
+    );
+    let wrong_ca = bare(&[
+        "teams",
+        "list",
+        "--ca-cert",
+        &other,
+        "--client-cert",
+        &cert_arg,
+        "--client-key",
+        &key_arg,
+    ]);
+    assert_eq!(wrong_ca.code, 69, "UNAVAILABLE's exit code: {}", wrong_ca.stderr);
+    assert!(
+        wrong_ca.stderr.contains("cannot reach") || wrong_ca.stderr.contains("connection failed"),
+        "{}",
+        wrong_ca.stderr
+    );
+
+    // The same files over plaintext are a mistake worth naming.
+    let plaintext = clean_command()
+        .args([
+            "teams",
+            "list",
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--ca-cert",
+            &ca_arg,
+        ])
+        .output()
+        .expect("run the cli");
+    assert_ne!(plaintext.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&plaintext.stderr).contains("https://"),
+        "{}",
+        String::from_utf8_lossy(&plaintext.stderr)
+    );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
 }

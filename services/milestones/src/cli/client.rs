@@ -3,6 +3,7 @@
 //! and the tenant's calendar for "this quarter" defaults.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
@@ -15,13 +16,14 @@ use milestones_domain::calendar::{DateRange, FiscalCalendar, FiscalPeriod};
 use milestones_domain::tenant::{parse_time_zone, TenantSettings};
 use milestones_runtime::auth::{mint_token, Role};
 use milestones_runtime::config::Settings;
+use rustls_pki_types::pem::PemObject;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Status};
 
-use super::errors::{explain, refuse, unreachable};
+use super::errors::{cause_chain, explain, refuse, unreachable};
 
 /// How a client command reaches the suite and who it acts as.
 #[derive(Args, Debug, Clone)]
@@ -43,6 +45,69 @@ pub struct ClientArgs {
     /// own tenant).
     #[arg(long, global = true, env = "MILESTONES_TENANT", default_value = "demo")]
     pub tenant: String,
+    /// The CA certificate (PEM) that signed the server's certificate:
+    /// required for an https:// endpoint.
+    #[arg(long, global = true, env = "MILESTONES_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// The certificate (PEM) to present when the server demands one
+    /// (mutual TLS), with --client-key.
+    #[arg(long, global = true, env = "MILESTONES_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, global = true, env = "MILESTONES_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// The name to expect in the server's certificate when it is not the
+    /// endpoint's host (e.g. connecting through a port-forward).
+    #[arg(long, global = true, env = "MILESTONES_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientArgs {
+    /// The TLS configuration for an https:// endpoint, `None` for http://.
+    fn tls(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
+        if !self.endpoint.starts_with("https://") {
+            if self.ca_cert.is_some() || self.client_cert.is_some() {
+                return Err(refuse(
+                    "--endpoint",
+                    format!(
+                        "{} is plaintext, but TLS files were given: use an https:// endpoint",
+                        self.endpoint
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        let read = |flag: &str, path: &PathBuf| {
+            let pem = std::fs::read(path).map_err(|e| refuse(flag, format!("cannot read {}: {e}", path.display())))?;
+            match rustls_pki_types::CertificateDer::pem_slice_iter(&pem).next() {
+                Some(Ok(_)) => Ok(pem),
+                _ => Err(refuse(flag, format!("{} holds no PEM certificate", path.display()))),
+            }
+        };
+        let Some(ca) = &self.ca_cert else {
+            return Err(refuse(
+                "--ca-cert",
+                "is required for an https:// endpoint: pass the CA certificate that signed the server's (or set MILESTONES_CA_CERT)",
+            ));
+        };
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?));
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            let cert = read("--client-cert", cert)?;
+            let key_pem = std::fs::read(key)
+                .map_err(|e| refuse("--client-key", format!("cannot read {}: {e}", key.display())))?;
+            if rustls_pki_types::PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
+                return Err(refuse(
+                    "--client-key",
+                    format!("{} holds no PEM private key", key.display()),
+                ));
+            }
+            tls = tls.identity(Identity::from_pem(cert, key_pem));
+        }
+        if let Some(name) = &self.tls_server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(Some(tls))
+    }
 }
 
 /// Puts the bearer token on every call.
@@ -98,21 +163,36 @@ impl Conn {
     }
 }
 
-/// Opens a channel to `endpoint`, failing fast with what to check.
-pub async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(endpoint.to_string())
-        .map_err(|e| {
-            refuse(
-                "--endpoint",
-                format!("{endpoint:?} is not a URL such as http://127.0.0.1:50051 ({e})"),
-            )
-        })?
+/// Opens a channel to `endpoint` (over TLS with `tls`), failing fast with
+/// what to check.
+pub async fn channel(endpoint: &str, tls: Option<ClientTlsConfig>) -> anyhow::Result<Channel> {
+    let mut channel = Channel::from_shared(endpoint.to_string()).map_err(|e| {
+        refuse(
+            "--endpoint",
+            format!("{endpoint:?} is not a URL such as http://127.0.0.1:50051 ({e})"),
+        )
+    })?;
+    if let Some(tls) = tls {
+        channel = channel
+            .tls_config(tls)
+            .map_err(|e| refuse("--ca-cert", format!("cannot set up TLS: {e}")))?;
+    }
+    channel
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .map_err(|e| {
+            // The transport error's own text is only "transport error"; the
+            // cause (refused, certificate, handshake) is in its sources.
+            let tls_hint = if endpoint.starts_with("https://") {
+                " For https, --ca-cert must be the CA that signed its certificate (and with mutual TLS, \
+                 --client-cert one signed by a CA it trusts)."
+            } else {
+                ""
+            };
             unreachable(format!(
-                "cannot reach {endpoint}: {e}; is `milestones server` running? (set --endpoint or MILESTONES_ENDPOINT)"
+                "cannot reach {endpoint}: {}; is `milestones server` running? (set --endpoint or MILESTONES_ENDPOINT){tls_hint}",
+                cause_chain(&e)
             ))
         })
 }
@@ -145,7 +225,7 @@ pub fn token(args: &ClientArgs, settings: &Settings) -> anyhow::Result<String> {
 pub async fn connect(args: &ClientArgs, settings: &Settings) -> anyhow::Result<Conn> {
     let token = token(args, settings)?;
     let bearer = Bearer::new(&token)?;
-    Ok(Conn::over_channel(channel(&args.endpoint).await?, bearer))
+    Ok(Conn::over_channel(channel(&args.endpoint, args.tls()?).await?, bearer))
 }
 
 /// The tenant a token acts in, read from its verified claims (so only a

@@ -272,7 +272,7 @@ async fn ready(endpoint: &str, token: &str, stop: &mut watch::Receiver<bool>) ->
     let bearer = Bearer::new(token)?;
     loop {
         let attempt = async {
-            let ch = channel(endpoint).await?;
+            let ch = channel(endpoint, None).await?;
             let conn = Conn::over_channel(ch, bearer.clone());
             conn.goal
                 .clone()

@@ -97,6 +97,17 @@ pub fn explain(status: Status) -> anyhow::Error {
 /// As [`explain`], with a hint that knows the command better than the
 /// generic one for the status code.
 pub fn explain_with(status: Status, hint: Option<&str>) -> anyhow::Error {
+    // A call that failed in the connection, not at the server (a TLS
+    // handshake the server refused after all, a reset), says only
+    // "transport error" or "operation was canceled"; its cause is in the
+    // source chain, which a status the server sent never has.
+    if let Some(source) = std::error::Error::source(&status) {
+        return unreachable(format!(
+            "the connection failed: {}\n  is `milestones server` reachable at --endpoint? With mutual TLS, pass \
+             --client-cert and --client-key signed by a CA the server trusts",
+            cause_chain(source)
+        ));
+    }
     let code = status.code();
     let exit = match code {
         Code::InvalidArgument
@@ -158,6 +169,21 @@ pub fn explain_with(status: Status, hint: Option<&str>) -> anyhow::Error {
         }),
         text,
     })
+}
+
+/// An error and its sources, each said once (a source's text often
+/// repeats its own source's).
+pub fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        let said = e.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        next = e.source();
+    }
+    text
 }
 
 /// The exit code and the JSON form of any error.

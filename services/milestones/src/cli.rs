@@ -111,7 +111,9 @@ enum Command {
         services: Vec<String>,
     },
     /// Mints a development bearer token signed with the configured HS256
-    /// secret, and prints it.
+    /// secret, and prints it. Refused when the suite verifies RS256 or
+    /// ES256 tokens (always in production): those come from the identity
+    /// provider.
     Token {
         /// The tenant the token acts for.
         #[arg(long, default_value = "demo")]
@@ -365,6 +367,7 @@ async fn run(command: Command, mut settings: Settings, format: Format) -> anyhow
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            client::refuse_unless_minted_tokens_verify(&settings, "auth.algorithm")?;
             let token = mint_token(
                 &settings.auth.to_config(),
                 &tenant,

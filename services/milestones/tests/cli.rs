@@ -989,3 +989,65 @@ fn the_cli_reaches_a_server_over_mutual_tls() {
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// When the suite verifies RS256 or ES256 tokens, `milestones token` and
+/// the client commands' own development token would only be refused by
+/// the server: both refuse up front and say where tokens come from.
+#[test]
+fn no_development_token_is_minted_for_an_identity_provider() {
+    // A complete RS256 configuration: the services' own token comes from
+    // the provider too.
+    let service_token = std::env::temp_dir().join(format!(
+        "milestones-cli-service-token-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    ));
+    std::fs::write(&service_token, "a.service.token").expect("write the service token");
+    let with_rs256 = |args: &[&str]| {
+        let out = clean_command()
+            .args(args)
+            .env("MILESTONES__AUTH__ALGORITHM", "RS256")
+            .env("MILESTONES__AUTH__SERVICE_TOKEN_FILE", &service_token)
+            .env(
+                "MILESTONES__AUTH__JWKS_URL",
+                "https://idp.example.com/.well-known/jwks.json",
+            )
+            .env("MILESTONES_ENDPOINT", "http://127.0.0.1:9")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run the cli");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let minted = with_rs256(&["token", "--tenant", "acme"]);
+    assert_eq!(minted.code, 65, "{}\n{}", minted.stderr, minted.stdout);
+    assert!(minted.stdout.is_empty(), "no token is printed: {}", minted.stdout);
+    assert!(
+        minted.stderr.contains("RS256") && minted.stderr.contains("identity provider"),
+        "{}",
+        minted.stderr
+    );
+    // Refused before connecting: the endpoint above listens nowhere.
+    let listed = with_rs256(&["teams", "list"]);
+    assert_eq!(listed.code, 65, "{}", listed.stderr);
+    assert!(
+        listed.stderr.contains("--token") && listed.stderr.contains("identity provider"),
+        "{}",
+        listed.stderr
+    );
+    // With HS256 (the default) the same command mints one.
+    let dev = clean_command()
+        .args(["token", "--tenant", "acme"])
+        .output()
+        .expect("run the cli");
+    assert_eq!(dev.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&dev.stdout).trim().split('.').count(),
+        3,
+        "a JWT"
+    );
+    let _ = std::fs::remove_file(&service_token);
+}

@@ -197,8 +197,27 @@ pub async fn channel(endpoint: &str, tls: Option<ClientTlsConfig>) -> anyhow::Re
         })
 }
 
+/// Refuses to mint a token the suite would not accept: only HS256
+/// (development) tokens are minted here, so with RS256 or ES256 (always in
+/// production) tokens come from the identity provider. `field` is what the
+/// refusal names.
+pub fn refuse_unless_minted_tokens_verify(settings: &Settings, field: &str) -> anyhow::Result<()> {
+    if settings.auth.algorithm == "HS256" && !settings.auth.is_production() {
+        return Ok(());
+    }
+    Err(refuse(
+        field,
+        format!(
+            "the suite verifies {} tokens from your identity provider (auth.mode {}), and only HS256 development \
+             tokens can be minted here: get a token from the provider and pass it with --token or MILESTONES_TOKEN",
+            settings.auth.algorithm, settings.auth.mode
+        ),
+    ))
+}
+
 /// Mints a development token for `tenant`.
 pub fn dev_token(settings: &Settings, tenant: &str, subject: &str, roles: &[Role]) -> anyhow::Result<String> {
+    refuse_unless_minted_tokens_verify(settings, "--token")?;
     mint_token(
         &settings.auth.to_config(),
         tenant,

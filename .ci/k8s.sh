@@ -83,7 +83,7 @@ reference = "".join(pathlib.Path(p).read_text() for p in sys.argv[2:] if pathlib
 KNOWN_KEYS = set(re.findall(r"`(MILESTONES__[A-Z0-9_]+)`", reference))
 if len(KNOWN_KEYS) < 10:
     sys.exit(f"found only {len(KNOWN_KEYS)} documented MILESTONES__ settings in {sys.argv[2:]}; is the reference table gone?")
-SECRETS = {"milestones-db", "milestones-service-token"}
+SECRETS = {"milestones-db", "milestones-service-token", "milestones-tls"}
 GRPC_NAMES = {
     "goal": "milestones.goal.v1.GoalService",
     "progress": "milestones.progress.v1.ProgressService",
@@ -145,7 +145,7 @@ def check_pod(where, pod, config):
             check(ef.get("configMapRef", {}).get("name") in config, f"{cw}: envFrom names a ConfigMap that is rendered")
 
 
-def check_common(name, objs):
+def check_common(name, objs, probe_port=50051):
     maps = {o["metadata"]["name"]: o.get("data", {}) for o in kinds(objs, "ConfigMap")}
     for cm, data in maps.items():
         for key, value in data.items():
@@ -167,7 +167,7 @@ def check_common(name, objs):
         c = tpl["spec"]["containers"][0]
         check(tpl["spec"].get("terminationGracePeriodSeconds", 30) > drain + grace, f"{dn}: terminationGracePeriodSeconds > drain + grace ({drain + grace}s)")
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            check(c.get(probe, {}).get("grpc", {}).get("port") == 50051, f"{dn}: {probe} is a gRPC probe on 50051")
+            check(c.get(probe, {}).get("grpc", {}).get("port") == probe_port, f"{dn}: {probe} is a gRPC probe on {probe_port}")
         check(c["ports"][0]["containerPort"] == 50051, f"{dn}: port 50051")
         services = [s for s in kinds(objs, "Service") if selects(s["spec"]["selector"], tpl["metadata"]["labels"])]
         check(len(services) == 1, f"{dn}: exactly one Service selects its pods")
@@ -272,6 +272,37 @@ for j in jobs:
     check(c["args"][:1] == ["migrate"] and "goal,progress,recognition" in c["args"], "prod: Job runs milestones migrate for every service")
     env = {e["name"] for e in c.get("env", [])}
     check({f"MILESTONES__{s.upper()}__DATABASE_URL" for s in GRPC_NAMES} <= env, "prod: Job has every database URL")
+
+# --- prod-mtls: prod with mutual TLS, probes on the plaintext health port ---
+mtls = load("overlays_prod-mtls")
+mconfig, mdeps = check_common("prod-mtls", mtls, probe_port=50052)
+check(mconfig.get("MILESTONES__GRPC__HEALTH_LISTEN_ADDR") == "0.0.0.0:50052", "prod-mtls: health listener on 0.0.0.0:50052 for the probes")
+tls_files = {k: mconfig.get(f"MILESTONES__TLS__{k}", "") for k in ("CERT_FILE", "KEY_FILE", "CLIENT_CA_FILE", "CA_FILE")}
+check(all(tls_files.values()), f"prod-mtls: every tls.* file is set (got {tls_files})")
+for key in ("GOAL__PROGRESS_ENDPOINT", "PROGRESS__GOAL_ENDPOINT", "RECOGNITION__GOAL_ENDPOINT", "RECOGNITION__PROGRESS_ENDPOINT"):
+    url = mconfig.get(f"MILESTONES__{key}", "")
+    check(re.fullmatch(r"https://(goal|progress|recognition):50051", url) is not None, f"prod-mtls: MILESTONES__{key}={url!r} is https to a suite Service")
+check({k: v for k, v in mconfig.items() if not k.startswith("MILESTONES__TLS__") and k not in (
+    "MILESTONES__GRPC__HEALTH_LISTEN_ADDR", "MILESTONES__GOAL__PROGRESS_ENDPOINT", "MILESTONES__PROGRESS__GOAL_ENDPOINT",
+    "MILESTONES__RECOGNITION__GOAL_ENDPOINT", "MILESTONES__RECOGNITION__PROGRESS_ENDPOINT")} == {
+    k: v for k, v in config.items() if not k.endswith("_ENDPOINT")}, "prod-mtls: otherwise prod's settings")
+check(sorted(d["metadata"]["name"] for d in mdeps) == sorted(GRPC_NAMES), "prod-mtls: Deployments goal, progress, recognition")
+for o in kinds(mtls, "Deployment") + kinds(mtls, "Job"):
+    spec = o["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    where = f"prod-mtls/{o['kind']}/{o['metadata']['name']}"
+    mounted = {
+        m["mountPath"]: spec_v.get("secret", {}).get("secretName")
+        for m in c.get("volumeMounts", [])
+        for spec_v in spec.get("volumes", [])
+        if spec_v["name"] == m["name"]
+    }
+    for key, path in tls_files.items():
+        directory = str(pathlib.PurePosixPath(path).parent)
+        check(mounted.get(directory) == "milestones-tls", f"{where}: tls {key} {path} is in the Secret milestones-tls mounted at {directory}")
+    if o["kind"] == "Deployment":
+        ports = {p["containerPort"] for p in c["ports"]}
+        check(ports == {50051, 50052}, f"{where}: ports 50051 (TLS) and 50052 (health) (got {ports})")
 
 # The calls the design needs, and no others: which component may talk to which.
 def component(labels):

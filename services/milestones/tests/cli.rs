@@ -40,6 +40,16 @@ struct Run {
 }
 
 impl Run {
+    /// Runs `cmd` to its end.
+    fn of(cmd: &mut Command) -> Run {
+        let out = cmd.output().expect("run the cli");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     #[track_caller]
     fn ok(self) -> Run {
         assert_eq!(self.code, 0, "command failed: {}\n{}", self.stderr, self.stdout);
@@ -55,6 +65,17 @@ impl Run {
     fn name(&self) -> String {
         self.stdout.split_whitespace().next().unwrap_or_default().to_string()
     }
+}
+
+/// A path under the temporary directory no other test (or run) uses.
+fn scratch_path(prefix: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        chrono::Utc::now().timestamp_micros()
+    ))
 }
 
 /// A suite server in a child process, killed when dropped.
@@ -75,13 +96,7 @@ impl Server {
     /// A server with `server_env` on top of the test's settings, reached
     /// at `scheme`://, its client commands given `client_env`.
     fn start_with(scheme: &str, server_env: &[(&str, &PathBuf)], client_env: Vec<(&'static str, PathBuf)>) -> Server {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let data_dir = std::env::temp_dir().join(format!(
-            "milestones-cli-test-{}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            chrono::Utc::now().timestamp_micros()
-        ));
+        let data_dir = scratch_path("milestones-cli-test");
         let mut child = clean_command()
             .args(["server", "--listen", "127.0.0.1:0"])
             .env("MILESTONES__DATA_DIR", &data_dir)
@@ -164,12 +179,7 @@ impl Server {
     }
 
     fn cli(&self, args: &[&str]) -> Run {
-        let out = self.command(args).output().expect("run the cli");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::of(&mut self.command(args))
     }
 
     /// Runs `args` until it succeeds and `accept` likes the result, for up
@@ -880,11 +890,7 @@ fn pem_file(dir: &std::path::Path, name: &str, pem: &str) -> PathBuf {
 /// what to pass.
 #[test]
 fn the_cli_reaches_a_server_over_mutual_tls() {
-    let dir = std::env::temp_dir().join(format!(
-        "milestones-cli-tls-{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    ));
+    let dir = scratch_path("milestones-cli-tls");
     let ca = TestCa::new("Milestones Test CA");
     let ca_file = pem_file(&dir, "ca.pem", &ca.pem());
     let (cert, key) = ca.issue("milestones", &["localhost", "127.0.0.1"]);
@@ -915,18 +921,13 @@ fn the_cli_reaches_a_server_over_mutual_tls() {
 
     // Each refusal: a fresh command with only the flags under test.
     let bare = |args: &[&str]| {
-        let out = clean_command()
-            .args(args)
-            .args(["--endpoint", &s.endpoint])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the cli");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::of(
+            clean_command()
+                .args(args)
+                .args(["--endpoint", &s.endpoint])
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null()),
+        )
     };
     let ca_arg = ca_file.to_string_lossy().into_owned();
     let no_ca = bare(&["teams", "list"]);
@@ -969,23 +970,16 @@ fn the_cli_reaches_a_server_over_mutual_tls() {
     );
 
     // The same files over plaintext are a mistake worth naming.
-    let plaintext = clean_command()
-        .args([
-            "teams",
-            "list",
-            "--endpoint",
-            "http://127.0.0.1:9",
-            "--ca-cert",
-            &ca_arg,
-        ])
-        .output()
-        .expect("run the cli");
-    assert_ne!(plaintext.status.code(), Some(0));
-    assert!(
-        String::from_utf8_lossy(&plaintext.stderr).contains("https://"),
-        "{}",
-        String::from_utf8_lossy(&plaintext.stderr)
-    );
+    let plaintext = Run::of(clean_command().args([
+        "teams",
+        "list",
+        "--endpoint",
+        "http://127.0.0.1:9",
+        "--ca-cert",
+        &ca_arg,
+    ]));
+    assert_eq!(plaintext.code, 65, "{}", plaintext.stderr);
+    assert!(plaintext.stderr.contains("https://"), "{}", plaintext.stderr);
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -997,30 +991,21 @@ fn the_cli_reaches_a_server_over_mutual_tls() {
 fn no_development_token_is_minted_for_an_identity_provider() {
     // A complete RS256 configuration: the services' own token comes from
     // the provider too.
-    let service_token = std::env::temp_dir().join(format!(
-        "milestones-cli-service-token-{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    ));
+    let service_token = scratch_path("milestones-cli-service-token");
     std::fs::write(&service_token, "a.service.token").expect("write the service token");
     let with_rs256 = |args: &[&str]| {
-        let out = clean_command()
-            .args(args)
-            .env("MILESTONES__AUTH__ALGORITHM", "RS256")
-            .env("MILESTONES__AUTH__SERVICE_TOKEN_FILE", &service_token)
-            .env(
-                "MILESTONES__AUTH__JWKS_URL",
-                "https://idp.example.com/.well-known/jwks.json",
-            )
-            .env("MILESTONES_ENDPOINT", "http://127.0.0.1:9")
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("run the cli");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::of(
+            clean_command()
+                .args(args)
+                .env("MILESTONES__AUTH__ALGORITHM", "RS256")
+                .env("MILESTONES__AUTH__SERVICE_TOKEN_FILE", &service_token)
+                .env(
+                    "MILESTONES__AUTH__JWKS_URL",
+                    "https://idp.example.com/.well-known/jwks.json",
+                )
+                .env("MILESTONES_ENDPOINT", "http://127.0.0.1:9")
+                .env("NO_COLOR", "1"),
+        )
     };
     let minted = with_rs256(&["token", "--tenant", "acme"]);
     assert_eq!(minted.code, 65, "{}\n{}", minted.stderr, minted.stdout);
@@ -1039,15 +1024,7 @@ fn no_development_token_is_minted_for_an_identity_provider() {
         listed.stderr
     );
     // With HS256 (the default) the same command mints one.
-    let dev = clean_command()
-        .args(["token", "--tenant", "acme"])
-        .output()
-        .expect("run the cli");
-    assert_eq!(dev.status.code(), Some(0));
-    assert_eq!(
-        String::from_utf8_lossy(&dev.stdout).trim().split('.').count(),
-        3,
-        "a JWT"
-    );
+    let dev = Run::of(clean_command().args(["token", "--tenant", "acme"])).ok();
+    assert_eq!(dev.stdout.trim().split('.').count(), 3, "a JWT: {}", dev.stdout);
     let _ = std::fs::remove_file(&service_token);
 }

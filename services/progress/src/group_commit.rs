@@ -117,15 +117,18 @@ async fn dispatch(progress: Progress, mut calls: mpsc::Receiver<Pending>) {
         }
         // A small batch waits for the other writer, gathering the calls
         // that arrive meanwhile, unless they become enough to go beside it.
-        while batch.len() < SECOND_WRITER_FROM && permit.num_permits() < WRITERS as usize {
+        // The calls already taken are written whatever happens: with no
+        // more calls to come (the service stopping), without waiting.
+        let mut more = true;
+        while more && batch.len() < SECOND_WRITER_FROM && permit.num_permits() < WRITERS as usize {
             tokio::select! {
                 rest = writers.clone().acquire_many_owned(WRITERS - 1) => match rest {
                     Ok(rest) => permit.merge(rest),
-                    Err(_) => return,
+                    Err(_) => more = false,
                 },
                 p = calls.recv() => match p {
                     Some(p) => batch.push(p),
-                    None => return,
+                    None => more = false,
                 },
             }
         }

@@ -84,6 +84,8 @@ KNOWN_KEYS = set(re.findall(r"`(MILESTONES__[A-Z0-9_]+)`", reference))
 if len(KNOWN_KEYS) < 10:
     sys.exit(f"found only {len(KNOWN_KEYS)} documented MILESTONES__ settings in {sys.argv[2:]}; is the reference table gone?")
 SECRETS = {"milestones-db", "milestones-service-token", "milestones-tls"}
+# Where each service finds the others.
+ENDPOINT_KEYS = ("GOAL__PROGRESS_ENDPOINT", "PROGRESS__GOAL_ENDPOINT", "RECOGNITION__GOAL_ENDPOINT", "RECOGNITION__PROGRESS_ENDPOINT")
 GRPC_NAMES = {
     "goal": "milestones.goal.v1.GoalService",
     "progress": "milestones.progress.v1.ProgressService",
@@ -238,7 +240,7 @@ check(config.get("MILESTONES__LOG__FORMAT") == "json", "prod: JSON logs")
 names = sorted(d["metadata"]["name"] for d in deps)
 check(names == sorted(GRPC_NAMES), f"prod: Deployments goal, progress, recognition (got {names})")
 service_names = {s["metadata"]["name"] for s in kinds(prod, "Service")}
-for key in ("GOAL__PROGRESS_ENDPOINT", "PROGRESS__GOAL_ENDPOINT", "RECOGNITION__GOAL_ENDPOINT", "RECOGNITION__PROGRESS_ENDPOINT"):
+for key in ENDPOINT_KEYS:
     url = config.get(f"MILESTONES__{key}", "")
     m = re.fullmatch(r"http://([a-z0-9-]+):50051", url)
     check(bool(m) and m.group(1) in service_names, f"prod: MILESTONES__{key}={url!r} names a rendered Service")
@@ -279,13 +281,14 @@ mconfig, mdeps = check_common("prod-mtls", mtls, probe_port=50052)
 check(mconfig.get("MILESTONES__GRPC__HEALTH_LISTEN_ADDR") == "0.0.0.0:50052", "prod-mtls: health listener on 0.0.0.0:50052 for the probes")
 tls_files = {k: mconfig.get(f"MILESTONES__TLS__{k}", "") for k in ("CERT_FILE", "KEY_FILE", "CLIENT_CA_FILE", "CA_FILE")}
 check(all(tls_files.values()), f"prod-mtls: every tls.* file is set (got {tls_files})")
-for key in ("GOAL__PROGRESS_ENDPOINT", "PROGRESS__GOAL_ENDPOINT", "RECOGNITION__GOAL_ENDPOINT", "RECOGNITION__PROGRESS_ENDPOINT"):
+for key in ENDPOINT_KEYS:
     url = mconfig.get(f"MILESTONES__{key}", "")
     check(re.fullmatch(r"https://(goal|progress|recognition):50051", url) is not None, f"prod-mtls: MILESTONES__{key}={url!r} is https to a suite Service")
-check({k: v for k, v in mconfig.items() if not k.startswith("MILESTONES__TLS__") and k not in (
-    "MILESTONES__GRPC__HEALTH_LISTEN_ADDR", "MILESTONES__GOAL__PROGRESS_ENDPOINT", "MILESTONES__PROGRESS__GOAL_ENDPOINT",
-    "MILESTONES__RECOGNITION__GOAL_ENDPOINT", "MILESTONES__RECOGNITION__PROGRESS_ENDPOINT")} == {
-    k: v for k, v in config.items() if not k.endswith("_ENDPOINT")}, "prod-mtls: otherwise prod's settings")
+def beside_tls(settings):
+    """The settings that mutual TLS leaves as they are."""
+    return {k: v for k, v in settings.items() if not k.startswith("MILESTONES__TLS__")
+            and k != "MILESTONES__GRPC__HEALTH_LISTEN_ADDR" and not k.endswith("_ENDPOINT")}
+check(beside_tls(mconfig) == beside_tls(config), "prod-mtls: otherwise prod's settings")
 check(sorted(d["metadata"]["name"] for d in mdeps) == sorted(GRPC_NAMES), "prod-mtls: Deployments goal, progress, recognition")
 for o in kinds(mtls, "Deployment") + kinds(mtls, "Job"):
     spec = o["spec"]["template"]["spec"]

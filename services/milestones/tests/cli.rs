@@ -934,6 +934,20 @@ fn the_cli_reaches_a_server_over_mutual_tls() {
     assert_ne!(no_ca.code, 0);
     assert!(no_ca.stderr.contains("--ca-cert"), "{}", no_ca.stderr);
 
+    let missing = bare(&["teams", "list", "--ca-cert", "/nonexistent/ca.pem"]);
+    assert_eq!(missing.code, 65, "{}", missing.stderr);
+    assert_eq!(
+        missing.stderr.matches("--ca-cert").count(),
+        1,
+        "names the flag once: {}",
+        missing.stderr
+    );
+    assert!(
+        missing.stderr.contains("cannot read /nonexistent/ca.pem"),
+        "{}",
+        missing.stderr
+    );
+
     let no_client_cert = bare(&["teams", "list", "--ca-cert", &ca_arg]);
     assert_eq!(
         no_client_cert.code, 69,

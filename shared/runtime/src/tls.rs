@@ -35,13 +35,26 @@ pub fn read_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'
     Ok(certs)
 }
 
+/// The PEM file at `path`, checked to hold at least one certificate, for
+/// tonic's `Certificate::from_pem`.
+pub fn read_pem_certs(path: &Path, key: &str) -> anyhow::Result<Vec<u8>> {
+    read_certs(path, key)?;
+    read(path, key)
+}
+
+/// A certificate (chain) and its private key, both PEM, checked.
+/// `cert_key` and `key_key` name the two settings (or flags) in errors.
+pub fn read_identity(cert: &Path, cert_key: &str, key: &Path, key_key: &str) -> anyhow::Result<Identity> {
+    let cert_pem = read_pem_certs(cert, cert_key)?;
+    let key_pem = read(key, key_key)?;
+    rustls_pki_types::PrivateKeyDer::from_pem_slice(&key_pem)
+        .with_context(|| format!("{key_key}: {} holds no PEM private key", key.display()))?;
+    Ok(Identity::from_pem(cert_pem, key_pem))
+}
+
 /// This process's certificate and key.
 fn identity(tls: &TlsSettings) -> anyhow::Result<Identity> {
-    read_certs(&tls.cert_file, "tls.cert_file")?;
-    let key = read(&tls.key_file, "tls.key_file")?;
-    rustls_pki_types::PrivateKeyDer::from_pem_slice(&key)
-        .with_context(|| format!("tls.key_file: {} holds no PEM private key", tls.key_file.display()))?;
-    Ok(Identity::from_pem(read(&tls.cert_file, "tls.cert_file")?, key))
+    read_identity(&tls.cert_file, "tls.cert_file", &tls.key_file, "tls.key_file")
 }
 
 /// The server's TLS configuration, or `None` when TLS is off.
@@ -53,8 +66,10 @@ pub fn server_config(tls: &TlsSettings) -> anyhow::Result<Option<ServerTlsConfig
         .identity(identity(tls)?)
         .timeout(HANDSHAKE_TIMEOUT);
     if !tls.client_ca_file.as_os_str().is_empty() {
-        read_certs(&tls.client_ca_file, "tls.client_ca_file")?;
-        config = config.client_ca_root(Certificate::from_pem(read(&tls.client_ca_file, "tls.client_ca_file")?));
+        config = config.client_ca_root(Certificate::from_pem(read_pem_certs(
+            &tls.client_ca_file,
+            "tls.client_ca_file",
+        )?));
     }
     Ok(Some(config))
 }
@@ -64,9 +79,8 @@ pub fn client_config(tls: &TlsSettings) -> anyhow::Result<Option<ClientTlsConfig
     if !tls.enabled() {
         return Ok(None);
     }
-    read_certs(&tls.ca_file, "tls.ca_file")?;
     let mut config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&tls.ca_file, "tls.ca_file")?))
+        .ca_certificate(Certificate::from_pem(read_pem_certs(&tls.ca_file, "tls.ca_file")?))
         .identity(identity(tls)?)
         .timeout(HANDSHAKE_TIMEOUT);
     if !tls.server_name.is_empty() {

@@ -16,11 +16,11 @@ use milestones_domain::calendar::{DateRange, FiscalCalendar, FiscalPeriod};
 use milestones_domain::tenant::{parse_time_zone, TenantSettings};
 use milestones_runtime::auth::{mint_token, Role};
 use milestones_runtime::config::Settings;
-use rustls_pki_types::pem::PemObject;
+use milestones_runtime::tls::{read_identity, read_pem_certs};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
 use super::errors::{cause_chain, explain, refuse, unreachable};
@@ -77,12 +77,16 @@ impl ClientArgs {
             }
             return Ok(None);
         }
-        let read = |flag: &str, path: &PathBuf| {
-            let pem = std::fs::read(path).map_err(|e| refuse(flag, format!("cannot read {}: {e}", path.display())))?;
-            match rustls_pki_types::CertificateDer::pem_slice_iter(&pem).next() {
-                Some(Ok(_)) => Ok(pem),
-                _ => Err(refuse(flag, format!("{} holds no PEM certificate", path.display()))),
+        // The runtime's checks start with the flag they are about; the
+        // refusal names it once.
+        let refused = |flags: &[&str], e: anyhow::Error| {
+            let text = format!("{e:#}");
+            for flag in flags {
+                if let Some(rest) = text.strip_prefix(&format!("{flag}: ")) {
+                    return refuse(flag, rest);
+                }
             }
+            refuse(flags[0], text)
         };
         let Some(ca) = &self.ca_cert else {
             return Err(refuse(
@@ -90,18 +94,12 @@ impl ClientArgs {
                 "is required for an https:// endpoint: pass the CA certificate that signed the server's (or set MILESTONES_CA_CERT)",
             ));
         };
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?));
+        let ca = read_pem_certs(ca, "--ca-cert").map_err(|e| refused(&["--ca-cert"], e))?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
         if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            let cert = read("--client-cert", cert)?;
-            let key_pem = std::fs::read(key)
-                .map_err(|e| refuse("--client-key", format!("cannot read {}: {e}", key.display())))?;
-            if rustls_pki_types::PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
-                return Err(refuse(
-                    "--client-key",
-                    format!("{} holds no PEM private key", key.display()),
-                ));
-            }
-            tls = tls.identity(Identity::from_pem(cert, key_pem));
+            let identity = read_identity(cert, "--client-cert", key, "--client-key")
+                .map_err(|e| refused(&["--client-cert", "--client-key"], e))?;
+            tls = tls.identity(identity);
         }
         if let Some(name) = &self.tls_server_name {
             tls = tls.domain_name(name.clone());

@@ -10,6 +10,7 @@ use milestones_api::progress as p;
 use milestones_runtime::auth::Role;
 use milestones_suite::{eventually, GoalClient, ProgressClient, TestApp};
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use crate::fixtures::*;
 
@@ -1415,6 +1416,94 @@ async fn a_large_batch_counts_once_and_replays_whole() {
     assert_eq!(again, first);
     let got = progress_of(&mut prog, &top).await;
     assert_eq!((got.value, got.activity_count), (total, 300));
+    app.stop().await;
+}
+
+/// Concurrent batches of one caller are recorded together (several
+/// batches per transaction); each still answers with its own activities in
+/// its own order, and a bad batch among them fails alone, naming its own
+/// entry. A batch sent twice at once counts once.
+#[tokio::test]
+async fn concurrent_batches_count_once_and_fail_alone() {
+    let app = TestApp::spawn().await;
+    let mut goal = app.admin("acme").await;
+    let mut prog = app.progress("acme", &[Role::Service]).await;
+    let t = team(&mut goal, "Sales", "").await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let reps = reps_in(&mut goal, &t, 3).await;
+    let team_goal = active(&mut goal, &t.name, &arr, "FY2026", 1_000_000).await;
+    progress_of(&mut prog, &team_goal).await;
+    let batch = |round: usize, b: usize| -> Vec<p::RecordActivityRequest> {
+        (0..50)
+            .map(|i| {
+                activity(
+                    &reps[(b + i) % 3],
+                    &arr,
+                    1 + i as i64,
+                    3,
+                    1,
+                    &format!("r{round}-b{b}-{i}"),
+                )
+            })
+            .collect()
+    };
+    let sender = prog.clone();
+    let send_all = |batches: Vec<Vec<p::RecordActivityRequest>>| {
+        let calls = batches.into_iter().map(|requests| {
+            let mut c = sender.clone();
+            let req = p::RecordActivitiesRequest { requests };
+            async move {
+                loop {
+                    match c.record_activities(req.clone()).await {
+                        // A twin that committed first: the retry replays it.
+                        Err(s) if s.code() == Code::Aborted => continue,
+                        outcome => return outcome.map(|r| r.into_inner().activities),
+                    }
+                }
+            }
+        });
+        futures::future::join_all(calls)
+    };
+    let answers_its_own = |b: usize, activities: &[p::Activity]| {
+        assert_eq!(activities.len(), 50, "batch {b}");
+        for (i, a) in activities.iter().enumerate() {
+            assert_eq!(
+                (a.member.as_str(), a.value),
+                (reps[(b + i) % 3].name.as_str(), 1 + i as i64),
+                "batch {b} entry {i}"
+            );
+        }
+    };
+    let per_batch: i64 = (1..=50).sum();
+
+    // Six good batches at once.
+    let outcomes = send_all((0..6).map(|b| batch(1, b)).collect()).await;
+    for (b, outcome) in outcomes.into_iter().enumerate() {
+        answers_its_own(b, &outcome.unwrap_or_else(|s| panic!("batch {b}: {s:?}")));
+    }
+    let got = value_becomes(&mut prog, &team_goal, 6 * per_batch).await;
+    assert_eq!(got.activity_count, 6 * 50);
+
+    // Six more, one naming an unknown rep and one repeating another.
+    let mut batches: Vec<Vec<p::RecordActivityRequest>> = (0..6).map(|b| batch(2, b)).collect();
+    batches[4][17].member = "members/nobody".into();
+    batches[5] = batches[2].clone();
+    let mut recorded = Vec::new();
+    for (b, outcome) in send_all(batches).await.into_iter().enumerate() {
+        if b == 4 {
+            let status = expect_code(outcome, Code::NotFound);
+            let info = status.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(info.metadata.get("index").map(String::as_str), Some("17"), "{status:?}");
+            assert!(status.message().starts_with("requests[17]: "), "{status:?}");
+            continue;
+        }
+        let activities = outcome.unwrap_or_else(|s| panic!("batch {b}: {s:?}"));
+        answers_its_own(if b == 5 { 2 } else { b }, &activities);
+        recorded.push(activities);
+    }
+    assert_eq!(recorded[4], recorded[2], "the repeat answers with the same activities");
+    let got = value_becomes(&mut prog, &team_goal, 10 * per_batch).await;
+    assert_eq!(got.activity_count, 10 * 50);
     app.stop().await;
 }
 

@@ -48,8 +48,10 @@ pub struct BenchArgs {
     /// Activities per RecordActivities call.
     #[arg(long, default_value_t = 1_000)]
     batch: usize,
-    /// Concurrent bulk callers.
-    #[arg(long, default_value_t = 4)]
+    /// Concurrent bulk callers. The server merges concurrent batches into
+    /// larger transactions, which takes more calls in flight than it has
+    /// writers (two).
+    #[arg(long, default_value_t = 8)]
     bulk_concurrency: usize,
     /// Read calls per measurement.
     #[arg(long, default_value_t = 1_000)]

@@ -38,6 +38,8 @@ pub struct ProgressApi {
     pub progress: Progress,
     /// Merges concurrent unary RecordActivity calls into one transaction.
     pub group_commit: GroupCommit,
+    /// `RecordActivities` batches, merged into transactions.
+    pub bulk_commit: GroupCommit,
     pub timing: FeedTiming,
     pub stop_feeds: tokio::sync::watch::Receiver<bool>,
     /// Open WatchProgress streams per caller.
@@ -77,7 +79,11 @@ impl ProgressService for ProgressApi {
         // Recorded in the group commit's task: keep this call's trace for
         // the events it causes.
         entry.trace_parent = milestones_runtime::telemetry::current_traceparent();
-        reply(self.group_commit.record(caller, entry).await)
+        let recorded = self.group_commit.record(caller, vec![entry]).await;
+        reply(recorded.and_then(|mut one| {
+            one.pop()
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("record returned nothing")))
+        }))
     }
 
     async fn record_activities(
@@ -109,8 +115,8 @@ impl ProgressService for ProgressApi {
         }
         v.into_result(()).map_err(|v| status(v.into()))?;
         reply(
-            self.progress
-                .record(&caller, entries, true)
+            self.bulk_commit
+                .record(caller, entries)
                 .await
                 .map(|activities| pb::RecordActivitiesResponse { activities }),
         )

@@ -65,14 +65,6 @@ impl Progress {
         entries: Vec<NewActivity>,
         batch: bool,
     ) -> Result<Vec<pb::Activity>, ApiError> {
-        let _turn = if batch {
-            // The gate is never closed; if it were, the caller should retry.
-            Some(self.bulk_gate.0.acquire().await.map_err(|_| ApiError::Unavailable {
-                message: "the service is shutting down; retry on another replica".into(),
-            })?)
-        } else {
-            None
-        };
         // On PostgreSQL a batch first assumes that none of its request ids
         // ran before, which saves looking them up: the write skips a stored
         // key and reports it, and the batch runs again, looking them up.
@@ -107,6 +99,8 @@ impl Progress {
                 f.to_string()
             }
         };
+        // An entry's error in a batch says which entry it is.
+        let at = |i: usize, e: ApiError| if batch { ApiError::in_entry(i, e) } else { e };
         let started = std::time::Instant::now();
         let txn = self.db.begin_write().await?;
         tracing::debug!(
@@ -121,7 +115,7 @@ impl Progress {
         let settings = &org.settings;
         let metrics = &org.metrics;
         let known = &org.members;
-        let replays = load_replays(conn, caller, entries, look_up_replays).await?;
+        let replays = load_replays(conn, caller, entries, look_up_replays, batch).await?;
         let mut external: BTreeSet<(String, String)> = BTreeSet::new();
         for e in entries {
             if let Some(r) = &e.external_reference {
@@ -152,10 +146,10 @@ impl Progress {
             let (aggregation, allow_negative) = metrics
                 .get(e.metric_id.as_str())
                 .cloned()
-                .ok_or_else(|| ApiError::not_found(Collection::Metrics.name(&e.metric_id)))?;
+                .ok_or_else(|| at(i, ApiError::not_found(Collection::Metrics.name(&e.metric_id))))?;
             for m in std::iter::once(&e.member_id).chain(e.splits.iter().map(|(m, _)| m)) {
                 if !known.contains_key(m) {
-                    return Err(ApiError::not_found(Collection::Members.name(m)).into());
+                    return Err(at(i, ApiError::not_found(Collection::Members.name(m))).into());
                 }
             }
             if e.value < 0 && !allow_negative {
@@ -172,14 +166,14 @@ impl Progress {
             if let Some(r) = &e.external_reference {
                 let key = (e.source.clone(), r.clone());
                 if taken.contains(&key) || !seen_references.insert(key) {
-                    return Err(ApiError::AlreadyExists {
+                    let taken = ApiError::AlreadyExists {
                         reason: "EXTERNAL_REFERENCE_EXISTS",
                         message: format!(
                             "an activity from {} with external_reference {r:?} is already recorded; void it first to replace it",
                             e.source
                         ),
-                    }
-                    .into());
+                    };
+                    return Err(at(i, taken).into());
                 }
             }
             let credited: Vec<(String, u32)> = if e.splits.is_empty() {
@@ -351,24 +345,6 @@ struct Scope {
     metric_id: String,
     start_date: String,
     end_date: String,
-}
-
-/// Bulk batches written at once by this process. Every batch updates the
-/// same running totals (each rep's and every team's milestones), which
-/// batches take turns at (see `writes`); meanwhile the others plan and
-/// insert their rows. Measured on PostgreSQL with 1,000-activity batches
-/// from 4 callers: 1 writer 25k activities/s, 3 writers 39-41k, 4 writers
-/// no better (and without turns, 4 writers 19k).
-const BULK_WRITERS: usize = 3;
-
-/// The queue of bulk batches; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct BulkGate(Arc<tokio::sync::Semaphore>);
-
-impl Default for BulkGate {
-    fn default() -> Self {
-        Self(Arc::new(tokio::sync::Semaphore::new(BULK_WRITERS)))
-    }
 }
 
 /// Tenants whose org copy a process keeps. Beyond that the copy used least
@@ -687,10 +663,11 @@ async fn load_replays(
     caller: &Caller,
     entries: &[NewActivity],
     look_up: bool,
+    batch: bool,
 ) -> Result<HashMap<usize, pb::Activity>, ApiError> {
     let mut stored: HashMap<String, (Vec<u8>, pb::Activity)> = HashMap::new();
     if !look_up {
-        return check_unique_ids(entries, stored);
+        return check_unique_ids(entries, stored, batch);
     }
     let ids: Vec<&str> = entries.iter().map(|e| e.request_id.as_str()).collect();
     // One key lookup per id, whatever the planner knows of the table (a
@@ -719,22 +696,24 @@ async fn load_replays(
             (r.try_get("", "request_hash")?, activity_from_row(conn, &r).await?),
         );
     }
-    check_unique_ids(entries, stored)
+    check_unique_ids(entries, stored, batch)
 }
 
 /// The entries found in `stored` (request id → (request hash, activity)),
 /// by index; refuses an id reused with another payload, or sent twice in
-/// the batch.
+/// the batch (a `batch` call's errors name the entry).
 fn check_unique_ids(
     entries: &[NewActivity],
     stored: HashMap<String, (Vec<u8>, pb::Activity)>,
+    batch: bool,
 ) -> Result<HashMap<usize, pb::Activity>, ApiError> {
     let mut out = HashMap::new();
     let mut in_batch: BTreeSet<&str> = BTreeSet::new();
     for (i, e) in entries.iter().enumerate() {
         if let Some((hash, activity)) = stored.get(&e.request_id) {
             if *hash != e.request_hash {
-                return Err(reused(&e.request_id));
+                let reused = reused(&e.request_id);
+                return Err(if batch { ApiError::in_entry(i, reused) } else { reused });
             }
             out.insert(i, activity.clone());
         } else if !in_batch.insert(&e.request_id) {

@@ -62,7 +62,6 @@ impl ProgressService {
             events: FeedNotifier::default(),
             changes: broadcast::channel(1024).0,
             org_cache: ingest::OrgCache::default(),
-            bulk_gate: ingest::BulkGate::default(),
         };
         tokio::spawn(projection::run(
             progress.clone(),
@@ -77,7 +76,8 @@ impl ProgressService {
         ));
         Ok(Self {
             api: ProgressApi {
-                group_commit: group_commit::GroupCommit::start(progress.clone()),
+                group_commit: group_commit::GroupCommit::unary(progress.clone()),
+                bulk_commit: group_commit::GroupCommit::bulk(progress.clone()),
                 progress,
                 timing: FeedTiming::from_settings(&settings.grpc),
                 stop_feeds: stop,

@@ -56,8 +56,6 @@ pub struct Progress {
     pub changes: broadcast::Sender<ProgressChanged>,
     /// The tenants' org copies ingestion keeps between batches.
     pub org_cache: crate::ingest::OrgCache,
-    /// Admits bulk batches a few at a time.
-    pub bulk_gate: crate::ingest::BulkGate,
 }
 
 /// Milestones to recompute after goal changes.

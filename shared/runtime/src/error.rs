@@ -51,6 +51,10 @@ pub enum ApiError {
     /// A bug or an unexpected failure.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+    /// `error`, caused by entry `index` of a batch call: the status says
+    /// which, in its message and in `ErrorInfo.metadata["index"]`.
+    #[error("requests[{index}]: {error}")]
+    InEntry { index: usize, error: Box<ApiError> },
 }
 
 impl ApiError {
@@ -81,6 +85,14 @@ impl ApiError {
         }
     }
 
+    /// `error`, caused by entry `index` of a batch call.
+    pub fn in_entry(index: usize, error: ApiError) -> Self {
+        ApiError::InEntry {
+            index,
+            error: Box::new(error),
+        }
+    }
+
     pub fn permission_denied(message: impl Into<String>) -> Self {
         ApiError::PermissionDenied {
             message: message.into(),
@@ -101,12 +113,22 @@ impl ApiError {
             ApiError::Unauthenticated { .. } => "UNAUTHENTICATED",
             ApiError::Unavailable { .. } => "UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
+            ApiError::InEntry { error, .. } => error.reason(),
         }
     }
 
     /// The status sent to the caller. `domain` names the service in
     /// `ErrorInfo.domain`, e.g. `goal.milestones.dev`.
     pub fn into_status(self, domain: &str) -> Status {
+        let (mut index, mut this) = (None, self);
+        while let ApiError::InEntry { index: i, error } = this {
+            index = Some(i);
+            this = *error;
+        }
+        this.status_of_entry(domain, index)
+    }
+
+    fn status_of_entry(self, domain: &str, index: Option<usize>) -> Status {
         let reason = self.reason();
         let mut metadata = HashMap::new();
         let mut details = ErrorDetails::new();
@@ -149,6 +171,15 @@ impl ApiError {
                 tracing::error!(error = format!("{cause:#}"), "request failed: internal error");
                 (Code::Internal, "internal error; it has been logged".to_string())
             }
+            // Unwrapped by `into_status`, so never here.
+            ApiError::InEntry { .. } => (Code::Internal, "internal error; it has been logged".to_string()),
+        };
+        let message = match index {
+            Some(i) => {
+                metadata.insert("index".to_string(), i.to_string());
+                format!("requests[{i}]: {message}")
+            }
+            None => message,
         };
         details.set_error_info(reason, domain, metadata);
         Status::with_error_details(code, message, details)
@@ -218,6 +249,23 @@ mod tests {
         let info = details.error_info().expect("error info");
         assert_eq!(info.reason, "INVALID_FIELDS");
         assert_eq!(info.domain, "goal.milestones.dev");
+    }
+
+    /// An entry's error in a batch keeps its own code, reason and metadata,
+    /// and names the entry in its message and in `metadata["index"]`.
+    #[test]
+    fn an_entry_error_names_its_entry() {
+        let status =
+            ApiError::in_entry(17, ApiError::not_found("members/nobody")).into_status("progress.milestones.dev");
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), "requests[17]: members/nobody was not found");
+        let info = status.get_error_details().error_info().cloned().expect("error info");
+        assert_eq!(info.reason, "NOT_FOUND");
+        assert_eq!(info.metadata.get("index").map(String::as_str), Some("17"));
+        assert_eq!(
+            info.metadata.get("resource").map(String::as_str),
+            Some("members/nobody")
+        );
     }
 
     /// Internal errors never leak their cause to the caller.

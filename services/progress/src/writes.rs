@@ -361,12 +361,12 @@ async fn write_postgres(
     let inserts = |first: usize| {
         format!(
             "a AS ({}), c AS ({})",
-            array_insert(
-                "activities",
-                ACTIVITY_COLUMNS,
-                first,
-                "ON CONFLICT (tenant_id, recorded_by, request_id) DO NOTHING RETURNING 1"
-            ),
+            // No `ON CONFLICT DO NOTHING`: PostgreSQL would insert each
+            // row speculatively (an extra index probe and WAL record per
+            // row: measured 19-20 against 23-25 µs of PostgreSQL's CPU per
+            // bulk activity). A request id already stored fails the
+            // statement on `activities_request` instead.
+            array_insert("activities", ACTIVITY_COLUMNS, first, "RETURNING 1"),
             array_insert(
                 "activity_credits",
                 CREDIT_COLUMNS,
@@ -418,9 +418,9 @@ async fn write_postgres(
     let query = |sql: &str, values: Vec<Value>| {
         conn.query_all(Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values))
     };
-    // An activity whose request id is already stored (a retry, or a
-    // concurrent call with the same id that committed first) was skipped,
-    // and the whole write is void.
+    // A request id already stored (a retry, or a concurrent call with the
+    // same id that committed first) fails the insert, and the whole write
+    // is void; a count short of the batch would mean the same.
     let check_inserted = |r: &sea_orm::QueryResult| -> Result<(), WriteError> {
         if r.try_get::<i64>("", "inserted")? != expected {
             return Err(WriteError::RequestIdTaken);

@@ -99,8 +99,7 @@ impl Progress {
                 f.to_string()
             }
         };
-        // An entry's error in a batch says which entry it is.
-        let at = |i: usize, e: ApiError| if batch { ApiError::in_entry(i, e) } else { e };
+        let at = |i: usize, e: ApiError| entry_error(batch, i, e);
         let started = std::time::Instant::now();
         let txn = self.db.begin_write().await?;
         tracing::debug!(
@@ -712,8 +711,7 @@ fn check_unique_ids(
     for (i, e) in entries.iter().enumerate() {
         if let Some((hash, activity)) = stored.get(&e.request_id) {
             if *hash != e.request_hash {
-                let reused = reused(&e.request_id);
-                return Err(if batch { ApiError::in_entry(i, reused) } else { reused });
+                return Err(entry_error(batch, i, reused(&e.request_id)));
             }
             out.insert(i, activity.clone());
         } else if !in_batch.insert(&e.request_id) {
@@ -729,6 +727,16 @@ fn check_unique_ids(
         }
     }
     Ok(out)
+}
+
+/// `e`, naming entry `i` when the call is a batch (a unary call's one
+/// entry needs no name).
+fn entry_error(batch: bool, i: usize, e: ApiError) -> ApiError {
+    if batch {
+        ApiError::in_entry(i, e)
+    } else {
+        e
+    }
 }
 
 fn reused(request_id: &str) -> ApiError {

@@ -364,9 +364,11 @@ async fn write_postgres(
             // No `ON CONFLICT DO NOTHING`: PostgreSQL would insert each
             // row speculatively (an extra index probe and WAL record per
             // row: measured 19-20 against 23-25 µs of PostgreSQL's CPU per
-            // bulk activity). A request id already stored fails the
-            // statement on `activities_request` instead.
-            array_insert("activities", ACTIVITY_COLUMNS, first, "RETURNING 1"),
+            // bulk activity). A request id already stored (a retry, or a
+            // concurrent call with the same id that committed first)
+            // fails the statement on `activities_request` instead, and the
+            // whole write is void.
+            array_insert("activities", ACTIVITY_COLUMNS, first, ""),
             array_insert(
                 "activity_credits",
                 CREDIT_COLUMNS,
@@ -405,7 +407,7 @@ async fn write_postgres(
             deltas + 1,
         )
     };
-    let expected = activities.len() as i64;
+    let separate_inserts = activities.len() >= SEPARATE_INSERTS_FROM;
     let deltas: Vec<Vec<Value>> = deltas
         .iter()
         .map(|(id, d)| vec![id.clone().into(), d.amount.into(), d.activities.into()])
@@ -415,48 +417,34 @@ async fn write_postgres(
     let mut total_rows = column_arrays(member_daily, MEMBER_DAILY_COLUMNS);
     total_rows.extend(column_arrays(milestone_daily, MILESTONE_DAILY_COLUMNS));
     total_rows.extend([json_rows(&deltas).into(), now.into()]);
+    // Straight to the connection, so that a unique violation keeps its
+    // constraint's name (`WriteError` from `DbErr`).
     let query = |sql: &str, values: Vec<Value>| {
         conn.query_all(Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values))
     };
-    // A request id already stored (a retry, or a concurrent call with the
-    // same id that committed first) fails the insert, and the whole write
-    // is void; a count short of the batch would mean the same.
-    let check_inserted = |r: &sea_orm::QueryResult| -> Result<(), WriteError> {
-        if r.try_get::<i64>("", "inserted")? != expected {
-            return Err(WriteError::RequestIdTaken);
-        }
-        Ok(())
-    };
-    let mut out = HashMap::new();
-    let found = if expected >= SEPARATE_INSERTS_FROM as i64 {
-        let sql = INSERTS.get_or_init(|| format!("WITH {} SELECT count(*) AS inserted FROM a", inserts(1)));
-        for r in query(sql, new_rows).await? {
-            check_inserted(&r)?;
-        }
+    // The inserts are data-modifying `WITH` clauses: PostgreSQL runs them
+    // to completion whether or not the statement reads them.
+    let found = if separate_inserts {
+        let sql = INSERTS.get_or_init(|| format!("WITH {} SELECT 1", inserts(1)));
+        query(sql, new_rows).await?;
         exec(conn, "SELECT pg_advisory_xact_lock($1)", vec![TOTALS_TURN.into()]).await?;
         let sql = TOTALS.get_or_init(|| format!("WITH {} SELECT id, value, fired FROM u", totals(1)));
         query(sql, total_rows).await?
     } else {
         let sql = ALL.get_or_init(|| {
             format!(
-                "WITH {}, {} SELECT ac.inserted, u.id, u.value, u.fired \
-                 FROM (SELECT count(*) AS inserted FROM a) ac LEFT JOIN u ON true",
+                "WITH {}, {} SELECT id, value, fired FROM u",
                 inserts(1),
                 totals(1 + inserts_params)
             )
         });
         let mut values = new_rows;
         values.extend(total_rows);
-        let found = query(sql, values).await?;
-        for r in &found {
-            check_inserted(r)?;
-        }
-        found
+        query(sql, values).await?
     };
+    let mut out = HashMap::new();
     for r in found {
-        if let Some(id) = r.try_get::<Option<String>>("", "id")? {
-            out.insert(id, (r.try_get("", "value")?, r.try_get("", "fired")?));
-        }
+        out.insert(r.try_get("", "id")?, (r.try_get("", "value")?, r.try_get("", "fired")?));
     }
     Ok(out)
 }

@@ -23,10 +23,9 @@ fn read(path: &Path, key: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{key}: cannot read {}", path.display()))
 }
 
-/// The PEM certificates in `path`, at least one.
-pub fn read_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = read(path, key)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+/// The certificates in `pem`, read from `path`: at least one.
+fn certs_in(pem: &[u8], path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{key}: {} is not PEM", path.display()))?;
     if certs.is_empty() {
@@ -35,11 +34,17 @@ pub fn read_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'
     Ok(certs)
 }
 
+/// The PEM certificates in `path`, at least one.
+pub fn read_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    certs_in(&read(path, key)?, path, key)
+}
+
 /// The PEM file at `path`, checked to hold at least one certificate, for
 /// tonic's `Certificate::from_pem`.
 pub fn read_pem_certs(path: &Path, key: &str) -> anyhow::Result<Vec<u8>> {
-    read_certs(path, key)?;
-    read(path, key)
+    let pem = read(path, key)?;
+    certs_in(&pem, path, key)?;
+    Ok(pem)
 }
 
 /// A certificate (chain) and its private key, both PEM, checked.

@@ -1365,10 +1365,10 @@ async fn concurrent_and_retried_writes_count_exactly_once() {
     app.stop().await;
 }
 
-/// A large batch (written in two statements on PostgreSQL: its rows, then
-/// the running totals) counts every entry once for the rep and up the
-/// tree; sent again, it answers with the same activities and counts
-/// nothing more.
+/// A large batch (written in steps on PostgreSQL: its activities by `COPY`,
+/// its split credits, then the running totals) counts every entry once for
+/// the rep and up the tree, shared deals and external references included;
+/// sent again, it answers with the same activities and counts nothing more.
 #[tokio::test]
 async fn a_large_batch_counts_once_and_replays_whole() {
     let app = TestApp::spawn().await;
@@ -1384,18 +1384,29 @@ async fn a_large_batch_counts_once_and_replays_whole() {
     progress_of(&mut prog, &own).await;
     let requests: Vec<p::RecordActivityRequest> = (0..300)
         .map(|i| {
-            activity(
+            let mut a = activity(
                 &reps[i % 3],
                 &arr,
                 1 + i as i64,
                 1 + (i % 10) as u32,
                 1,
                 &format!("big-{i}"),
-            )
+            );
+            if i % 10 == 0 {
+                a.credit_splits = [i % 3, (i + 1) % 3]
+                    .map(|r| p::CreditSplit {
+                        member: reps[r].name.clone(),
+                        share_basis_points: 5_000,
+                    })
+                    .to_vec();
+            }
+            if i % 7 == 0 {
+                a.external_reference = format!("deal-{i}");
+            }
+            a
         })
         .collect();
     let total: i64 = (0..300).map(|i| 1 + i as i64).sum();
-    let rep0: i64 = (0..300).filter(|i| i % 3 == 0).map(|i| 1 + i as i64).sum();
     let batch = p::RecordActivitiesRequest { requests };
     let first = prog
         .record_activities(batch.clone())
@@ -1404,9 +1415,29 @@ async fn a_large_batch_counts_once_and_replays_whole() {
         .into_inner()
         .activities;
     assert_eq!(first.len(), 300);
+    assert_eq!(first[7].external_reference, "deal-7");
+    assert_eq!(first[10].credited_amounts.len(), 2);
+    // Rep 0's share of every activity that credits rep 0.
+    let rep0_credits: Vec<i64> = first
+        .iter()
+        .flat_map(|a| a.credited_amounts.iter())
+        .filter(|c| c.member == reps[0].name)
+        .map(|c| c.amount)
+        .collect();
+    let rep0: i64 = rep0_credits.iter().sum();
     let got = value_becomes(&mut prog, &top, total).await;
     assert_eq!(got.activity_count, 300);
-    assert_eq!(value_becomes(&mut prog, &own, rep0).await.activity_count, 100);
+    let got = value_becomes(&mut prog, &own, rep0).await;
+    assert_eq!(got.activity_count, rep0_credits.len() as i64);
+    // Stored as recorded: the split and the reference read back.
+    let stored = prog
+        .get_activity(p::GetActivityRequest {
+            name: first[70].name.clone(),
+        })
+        .await
+        .expect("stored activity")
+        .into_inner();
+    assert_eq!(stored, first[70]);
     let again = prog
         .record_activities(batch)
         .await

@@ -1,8 +1,9 @@
 //! Writing what a batch of activities (or a void) changes: its new rows and
 //! the running totals they move.
 //!
-//! On PostgreSQL the whole write is one statement whose text does not
-//! depend on the batch size: each column of a row set travels as one
+//! On PostgreSQL a small batch's whole write is one statement (a large
+//! one's activities go first, by `COPY`) whose text does not depend on the
+//! batch size: each column of a row set travels as one
 //! array parameter, in binary. Each round trip to the database costs both
 //! processes a wake-up and a system call or two, which at small batches
 //! (concurrent unary calls) costs more than the rows themselves; and a
@@ -21,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use milestones_api::progress as pb;
+use milestones_runtime::db::TxnConn;
 use milestones_runtime::ApiError;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement, Value};
 
@@ -255,7 +257,7 @@ impl From<sea_orm::DbErr> for WriteError {
 /// Writes `w` and returns the events of the thresholds it reached and the
 /// milestones it changed.
 pub async fn write(
-    conn: &impl ConnectionTrait,
+    conn: &TxnConn,
     tenant: &str,
     org: &TenantOrg,
     w: Writes,
@@ -326,8 +328,8 @@ pub async fn write(
 /// The value and announced thresholds of a milestone after the update.
 type Updated = HashMap<String, (i64, String)>;
 
-/// Batches at least this big insert their rows in a statement of their own
-/// before touching the running totals: the totals' rows are what
+/// Batches at least this big insert their rows before touching the running
+/// totals (activities by `COPY`, split credits in a statement of their own): the totals' rows are what
 /// concurrent batches queue on, and their locks are then held only for the
 /// totals and the commit. Smaller batches save the round trip instead.
 ///
@@ -345,10 +347,10 @@ const SEPARATE_INSERTS_FROM: usize = 64;
 /// event feed uses "prog" 1).
 const TOTALS_TURN: i64 = 0x7072_6f67_0002;
 
-/// The whole write in one or two statements: the inserts, the daily
-/// totals, and the milestone values, returning the new values.
+/// The whole write: the inserts, the daily totals, and the milestone values,
+/// in one statement for a small batch, returning the new values.
 async fn write_postgres(
-    conn: &impl ConnectionTrait,
+    conn: &TxnConn,
     [activities, credits, member_daily, milestone_daily]: [Vec<Vec<Value>>; 4],
     deltas: &[(String, Delta)],
     now: i64,
@@ -356,7 +358,8 @@ async fn write_postgres(
     // The statements' texts do not depend on the batch, so each connection
     // parses and plans them once.
     static ALL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    static INSERTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COPY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static CREDITS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     static TOTALS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let inserts = |first: usize| {
         format!(
@@ -412,8 +415,6 @@ async fn write_postgres(
         .iter()
         .map(|(id, d)| vec![id.clone().into(), d.amount.into(), d.activities.into()])
         .collect();
-    let mut new_rows = column_arrays(activities, ACTIVITY_COLUMNS);
-    new_rows.extend(column_arrays(credits, CREDIT_COLUMNS));
     let mut total_rows = column_arrays(member_daily, MEMBER_DAILY_COLUMNS);
     total_rows.extend(column_arrays(milestone_daily, MILESTONE_DAILY_COLUMNS));
     total_rows.extend([json_rows(&deltas).into(), now.into()]);
@@ -425,8 +426,17 @@ async fn write_postgres(
     // The inserts are data-modifying `WITH` clauses: PostgreSQL runs them
     // to completion whether or not the statement reads them.
     let found = if separate_inserts {
-        let sql = INSERTS.get_or_init(|| format!("WITH {} SELECT 1", inserts(1)));
-        query(sql, new_rows).await?;
+        // `COPY` inserts a page of rows at a time (one WAL record per page,
+        // not per row) and reads no arrays.
+        let copy = COPY.get_or_init(|| {
+            let names: Vec<&str> = ACTIVITY_COLUMNS.iter().map(|(n, _)| *n).collect();
+            format!("COPY activities ({}) FROM STDIN (FORMAT binary)", names.join(", "))
+        });
+        conn.copy_in(copy, &copy_rows(&activities, ACTIVITY_COLUMNS)).await?;
+        if !credits.is_empty() {
+            let sql = CREDITS.get_or_init(|| array_insert("activity_credits", CREDIT_COLUMNS, 1, ""));
+            query(sql, column_arrays(credits, CREDIT_COLUMNS)).await?;
+        }
         exec(conn, "SELECT pg_advisory_xact_lock($1)", vec![TOTALS_TURN.into()]).await?;
         let sql = TOTALS.get_or_init(|| format!("WITH {} SELECT id, value, fired FROM u", totals(1)));
         query(sql, total_rows).await?
@@ -438,7 +448,8 @@ async fn write_postgres(
                 totals(1 + inserts_params)
             )
         });
-        let mut values = new_rows;
+        let mut values = column_arrays(activities, ACTIVITY_COLUMNS);
+        values.extend(column_arrays(credits, CREDIT_COLUMNS));
         values.extend(total_rows);
         query(sql, values).await?
     };
@@ -521,6 +532,34 @@ fn column_arrays(rows: Vec<Vec<Value>>, columns: &[(&str, Ty)]) -> Vec<Value> {
             out.push(Value::Array(ArrayType::Bool, Some(Box::new(present))));
         }
     }
+    out
+}
+
+/// Rows in `COPY`'s binary format: a header, then per row its field count
+/// and each field's length (-1 for NULL) and bytes, then a trailer. Text
+/// travels as its UTF-8 bytes, a bigint as 8 bytes big-endian.
+fn copy_rows(rows: &[Vec<Value>], columns: &[(&str, Ty)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(19 + rows.len() * (2 + columns.len() * 24) + 2);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags
+    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    for row in rows {
+        out.extend_from_slice(&(columns.len() as i16).to_be_bytes());
+        for cell in row {
+            match cell {
+                Value::String(Some(s)) => field(&mut out, s.as_bytes()),
+                Value::BigInt(Some(n)) => field(&mut out, &n.to_be_bytes()),
+                Value::Bool(Some(b)) => field(&mut out, &[u8::from(*b)]),
+                Value::Bytes(Some(b)) => field(&mut out, b),
+                _ => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
     out
 }
 
@@ -710,7 +749,40 @@ async fn settle(
 mod tests {
     use sea_orm::Value;
 
-    use super::{array_insert, array_params, column_arrays, json_rows, Ty};
+    use super::{array_insert, array_params, column_arrays, copy_rows, json_rows, Ty};
+
+    /// `COPY`'s binary format: the signature, flags and header extension,
+    /// then per row the field count and each field's length and bytes
+    /// (-1 and none for NULL), then -1.
+    #[test]
+    fn rows_become_copy_binary() {
+        let columns = &[
+            ("id", Ty::Text),
+            ("amount", Ty::NullableBigInt),
+            ("active", Ty::Bool),
+            ("hash", Ty::Bytes),
+        ];
+        let rows = vec![vec![
+            Value::from("ab"),
+            Value::BigInt(None),
+            Value::from(true),
+            Value::from(vec![7u8]),
+        ]];
+        let mut expected = b"PGCOPY\n\xff\r\n\0".to_vec();
+        expected.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+        expected.extend([0, 4]);
+        expected.extend([0, 0, 0, 2, b'a', b'b']);
+        expected.extend([0xff, 0xff, 0xff, 0xff]);
+        expected.extend([0, 0, 0, 1, 1]);
+        expected.extend([0, 0, 0, 1, 7]);
+        expected.extend([0xff, 0xff]);
+        assert_eq!(copy_rows(&rows, columns), expected);
+        let n = copy_rows(&[vec![Value::from(-2i64)]], &[("n", Ty::BigInt)]);
+        assert_eq!(
+            &n[19..33],
+            &[0, 1, 0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]
+        );
+    }
 
     /// The hand-written JSON reads back as what serde_json makes of the
     /// same cells, escapes included.

@@ -35,7 +35,7 @@ impl RowLocks for sea_orm::DatabaseConnection {
     const LOCK: bool = false;
 }
 
-impl RowLocks for sea_orm::DatabaseTransaction {
+impl RowLocks for milestones_runtime::db::TxnConn {
     const LOCK: bool = true;
 }
 

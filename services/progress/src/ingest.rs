@@ -32,7 +32,7 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, Value};
 use crate::ops::{activity_from_row, load_activity, NewActivity, Progress, ACTIVITY_FIELDS};
 use crate::rules;
 use crate::store::{self, exec, rows, MilestoneRow};
-use crate::writes::{self, WriteError, Writes};
+use crate::writes::{self, ActivityRow, WriteError, Writes};
 
 /// The civil date of an instant in a time zone.
 fn civil_date(micros: i64, tz: chrono_tz::Tz) -> NaiveDate {
@@ -137,6 +137,7 @@ impl Progress {
         // Each event continues the trace of the call that recorded its
         // activity (calls are merged into one transaction).
         let mut traces: HashMap<String, &str> = HashMap::new();
+        let mut days = Days::default();
         for (i, e) in entries.iter().enumerate() {
             if let Some(stored) = replays.get(&i) {
                 out.push(Some(stored.clone()));
@@ -175,10 +176,10 @@ impl Progress {
                     return Err(at(i, taken).into());
                 }
             }
-            let credited: Vec<(String, u32)> = if e.splits.is_empty() {
-                vec![(e.member_id.clone(), 10_000)]
+            let credited: Vec<(&str, u32)> = if e.splits.is_empty() {
+                vec![(e.member_id.as_str(), 10_000)]
             } else {
-                e.splits.clone()
+                e.splits.iter().map(|(m, bp)| (m.as_str(), *bp)).collect()
             };
             let amounts: Vec<i64> = if aggregation == "count" {
                 // A counted activity counts once for each credited member.
@@ -187,44 +188,42 @@ impl Progress {
                 let shares: Vec<u32> = credited.iter().map(|(_, s)| *s).collect();
                 rules::split(e.value, &shares).map_err(|msg| ApiError::invalid(field(i, "credit_splits"), msg))?
             };
-            let day = format_date(civil_date(e.occurred_at, settings.time_zone));
+            let day = days.of(e.occurred_at, settings.time_zone);
             let id = uuid::Uuid::now_v7().to_string();
-            w.activities.push(vec![
-                id.clone().into(),
-                tenant.into(),
-                e.member_id.clone().into(),
-                e.metric_id.clone().into(),
-                e.value.into(),
-                e.occurred_at.into(),
-                day.clone().into(),
-                e.source.clone().into(),
-                e.external_reference.clone().into(),
-                serde_json::to_string(&e.splits).unwrap_or_else(|_| "[]".into()).into(),
-                "active".into(),
-                "".into(),
-                Option::<i64>::None.into(),
-                now.into(),
-                caller.subject.clone().into(),
-                e.request_id.clone().into(),
-                e.request_hash.clone().into(),
+            w.activities.push(ActivityRow {
+                id: id.clone(),
+                member_id: &e.member_id,
+                metric_id: &e.metric_id,
+                value: e.value,
+                occurred_at: e.occurred_at,
+                occurred_date: day.clone(),
+                source: &e.source,
+                external_reference: e.external_reference.as_deref(),
+                credit_splits: if e.splits.is_empty() {
+                    "[]".into()
+                } else {
+                    serde_json::to_string(&e.splits).unwrap_or_else(|_| "[]".into())
+                },
+                recorded_by: &caller.subject,
+                request_id: &e.request_id,
+                request_hash: &e.request_hash,
                 // One member gets it all: the activity is its own credit.
-                match amounts.as_slice() {
+                credited_amount: match amounts.as_slice() {
                     [amount] if e.splits.is_empty() => Some(*amount),
                     _ => None,
-                }
-                .into(),
-            ]);
+                },
+            });
             let mut touched_by_this = BTreeSet::new();
             let activity: Arc<str> = id.as_str().into();
             for ((member, _), amount) in credited.iter().zip(&amounts) {
                 if !e.splits.is_empty() {
                     w.credits.push(vec![
                         id.clone().into(),
-                        member.clone().into(),
+                        (*member).into(),
                         tenant.into(),
                         e.metric_id.clone().into(),
                         (*amount).into(),
-                        day.clone().into(),
+                        (*day).into(),
                         true.into(),
                     ]);
                 }
@@ -291,6 +290,20 @@ impl Progress {
         self.commit_with_events(txn, events, changed).await?;
         milestones_runtime::telemetry::record_ingested(recorded, batch);
         Ok(out.into_iter().flatten().collect())
+    }
+}
+
+/// The tenant's civil date of each instant, as stored, formatted once per
+/// date: a batch's activities mostly fall on a few days.
+#[derive(Default)]
+struct Days(HashMap<chrono::NaiveDate, Arc<str>>);
+
+impl Days {
+    fn of(&mut self, at: i64, zone: chrono_tz::Tz) -> Arc<str> {
+        self.0
+            .entry(civil_date(at, zone))
+            .or_insert_with_key(|d| format_date(*d).into())
+            .clone()
     }
 }
 
@@ -622,7 +635,7 @@ impl Progress {
         for (member, metric, amount, day) in &credits {
             w.add_credit(
                 &org.counting(member, metric, day),
-                (member, metric, day),
+                (member, metric, &Arc::from(day.as_str())),
                 -amount,
                 -1,
                 &activity,

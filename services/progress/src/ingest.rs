@@ -32,7 +32,7 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, Value};
 use crate::ops::{activity_from_row, load_activity, NewActivity, Progress, ACTIVITY_FIELDS};
 use crate::rules;
 use crate::store::{self, exec, rows, MilestoneRow};
-use crate::writes::{self, ActivityRow, WriteError, Writes};
+use crate::writes::{self, ActivityRow, FastMap, WriteError, Writes};
 
 /// The civil date of an instant in a time zone.
 fn civil_date(micros: i64, tz: chrono_tz::Tz) -> NaiveDate {
@@ -324,19 +324,19 @@ pub struct TenantOrg {
     cursor: i64,
     pub(crate) settings: milestones_domain::tenant::TenantSettings,
     /// Metric id → (aggregation, negative values allowed).
-    metrics: HashMap<String, (String, bool)>,
+    metrics: FastMap<String, (String, bool)>,
     /// Member id → display name.
     members: BTreeMap<String, String>,
-    stints: HashMap<String, Vec<Stint>>,
+    stints: FastMap<String, Vec<Stint>>,
     /// Every ACTIVE milestone (its value and thresholds are re-read under
     /// lock when a batch applies to it).
     pub(crate) milestones: BTreeMap<String, MilestoneRow>,
     /// Each member's active milestones, as `counting` needs them.
-    member_milestones: HashMap<String, Vec<Scope>>,
+    member_milestones: FastMap<String, Vec<Scope>>,
     /// Each team's active milestones.
-    team_milestones: HashMap<String, Vec<Scope>>,
+    team_milestones: FastMap<String, Vec<Scope>>,
     /// Each team and its ancestors, nearest first.
-    chains: HashMap<String, Vec<String>>,
+    chains: FastMap<String, Vec<String>>,
 }
 
 /// A milestone a credit counts toward.
@@ -429,7 +429,7 @@ impl OrgCache {
 impl TenantOrg {
     async fn load(conn: &impl ConnectionTrait, tenant: &str, cursor: i64) -> Result<Self, ApiError> {
         let settings = store::tenant_settings(conn, tenant).await?;
-        let mut metrics = HashMap::new();
+        let mut metrics = FastMap::default();
         for r in rows(
             conn,
             "SELECT id, aggregation, allow_negative_values FROM projection_metrics WHERE tenant_id = $1",
@@ -453,7 +453,7 @@ impl TenantOrg {
             members.insert(r.try_get("", "id")?, r.try_get("", "display_name")?);
         }
         let parents = load_team_parents(conn, tenant).await?;
-        let mut stints: HashMap<String, Vec<Stint>> = HashMap::new();
+        let mut stints: FastMap<String, Vec<Stint>> = FastMap::default();
         for r in rows(
             conn,
             "SELECT member_id, team_id, start_date, end_date FROM projection_memberships WHERE tenant_id = $1",
@@ -473,8 +473,8 @@ impl TenantOrg {
                 .into_iter()
                 .map(|m| (m.id.clone(), m))
                 .collect();
-        let mut member_milestones: HashMap<String, Vec<Scope>> = HashMap::new();
-        let mut team_milestones: HashMap<String, Vec<Scope>> = HashMap::new();
+        let mut member_milestones: FastMap<String, Vec<Scope>> = FastMap::default();
+        let mut team_milestones: FastMap<String, Vec<Scope>> = FastMap::default();
         for m in milestones.values() {
             let owners = if m.owner_kind == "team" {
                 &mut team_milestones

@@ -16,3 +16,4 @@ mod test_ca;
 mod tls;
 mod tokens;
 mod validation;
+mod write_txn;

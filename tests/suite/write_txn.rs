@@ -1,0 +1,93 @@
+//! Write transactions, on the backend the tests run against: what a
+//! transaction dropped without committing leaves behind (nothing), that its
+//! connection serves the next one, that a unique violation still names its
+//! index, and `COPY`. On PostgreSQL they run on sqlx directly, not on
+//! sea-orm's transaction, so these are the guarantees that must not move.
+
+use milestones_runtime::db::Db;
+use milestones_suite::{backend, fresh_database_url, Backend};
+use sea_orm::{ConnectionTrait, DatabaseBackend, SqlErr, Statement, Value};
+
+async fn count(db: &Db) -> i64 {
+    let row = db
+        .conn()
+        .query_one(Statement::from_string(db.backend(), "SELECT COUNT(*) AS n FROM deals"))
+        .await
+        .expect("count")
+        .expect("a row");
+    row.try_get("", "n").expect("n")
+}
+
+fn insert(db: &Db, id: &str) -> Statement {
+    Statement::from_sql_and_values(
+        db.backend(),
+        "INSERT INTO deals (id, amount) VALUES ($1, $2)",
+        [Value::from(id), Value::from(5i64)],
+    )
+}
+
+#[tokio::test]
+async fn write_transactions_are_all_or_nothing() {
+    // One connection, so each transaction reuses the one before it.
+    let db = Db::connect(&fresh_database_url().await, 1).await.expect("connect");
+    db.conn()
+        .execute_unprepared("CREATE TABLE deals (id TEXT PRIMARY KEY, amount BIGINT NOT NULL)")
+        .await
+        .expect("table");
+
+    // Dropped without commit: nothing stays.
+    let txn = db.begin_write().await.expect("begin");
+    txn.execute(insert(&db, "d1")).await.expect("insert");
+    let rows = txn
+        .query_all(Statement::from_string(db.backend(), "SELECT id FROM deals"))
+        .await
+        .expect("read inside");
+    assert_eq!(rows.len(), 1, "the transaction sees its own row");
+    drop(txn);
+    assert_eq!(count(&db).await, 0);
+
+    // A unique violation names its index, and the failed transaction's
+    // connection serves the next one.
+    let txn = db.begin_write().await.expect("begin");
+    txn.execute(insert(&db, "d1")).await.expect("insert");
+    txn.commit().await.expect("commit");
+    let txn = db.begin_write().await.expect("begin");
+    let err = txn.execute(insert(&db, "d1")).await.expect_err("duplicate id");
+    match err.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(text)) => {
+            assert!(text.contains("deals"), "names the table or index: {text}")
+        }
+        other => panic!("a unique violation, got {other:?} from {err}"),
+    }
+    drop(txn);
+    let txn = db.begin_write().await.expect("begin after a failure");
+    txn.execute(insert(&db, "d2")).await.expect("insert");
+    txn.commit().await.expect("commit");
+    assert_eq!(count(&db).await, 2);
+}
+
+#[tokio::test]
+async fn copy_inserts_rows_within_the_transaction() {
+    let db = Db::connect(&fresh_database_url().await, 1).await.expect("connect");
+    db.conn()
+        .execute_unprepared("CREATE TABLE deals (id TEXT PRIMARY KEY, amount BIGINT NOT NULL)")
+        .await
+        .expect("table");
+    let txn = db.begin_write().await.expect("begin");
+    let copy = "COPY deals (id, amount) FROM STDIN (FORMAT text)";
+    if backend() == Backend::Sqlite {
+        assert_eq!(db.backend(), DatabaseBackend::Sqlite);
+        txn.copy_in(copy, b"d1\t5\n").await.expect_err("COPY needs PostgreSQL");
+        return;
+    }
+    assert_eq!(txn.copy_in(copy, b"d1\t5\nd2\t7\n").await.expect("copy"), 2);
+    // A row that breaks a constraint fails the COPY, and with it the
+    // transaction: nothing is kept.
+    txn.copy_in(copy, b"d3\t1\nd1\t9\n").await.expect_err("duplicate id");
+    drop(txn);
+    assert_eq!(count(&db).await, 0);
+    let txn = db.begin_write().await.expect("begin");
+    txn.copy_in(copy, b"d1\t5\nd2\t7\n").await.expect("copy");
+    txn.commit().await.expect("commit");
+    assert_eq!(count(&db).await, 2);
+}

@@ -8,6 +8,17 @@ use milestones_runtime::db::Db;
 use milestones_suite::{backend, fresh_database_url, Backend};
 use sea_orm::{ConnectionTrait, DatabaseBackend, SqlErr, Statement, Value};
 
+/// A fresh database with an empty `deals` table, on one connection, so each
+/// transaction reuses the one before it.
+async fn deals_db() -> Db {
+    let db = Db::connect(&fresh_database_url().await, 1).await.expect("connect");
+    db.conn()
+        .execute_unprepared("CREATE TABLE deals (id TEXT PRIMARY KEY, amount BIGINT NOT NULL)")
+        .await
+        .expect("table");
+    db
+}
+
 async fn count(db: &Db) -> i64 {
     let row = db
         .conn()
@@ -28,12 +39,7 @@ fn insert(db: &Db, id: &str) -> Statement {
 
 #[tokio::test]
 async fn write_transactions_are_all_or_nothing() {
-    // One connection, so each transaction reuses the one before it.
-    let db = Db::connect(&fresh_database_url().await, 1).await.expect("connect");
-    db.conn()
-        .execute_unprepared("CREATE TABLE deals (id TEXT PRIMARY KEY, amount BIGINT NOT NULL)")
-        .await
-        .expect("table");
+    let db = deals_db().await;
 
     // Dropped without commit: nothing stays.
     let txn = db.begin_write().await.expect("begin");
@@ -68,11 +74,7 @@ async fn write_transactions_are_all_or_nothing() {
 
 #[tokio::test]
 async fn copy_inserts_rows_within_the_transaction() {
-    let db = Db::connect(&fresh_database_url().await, 1).await.expect("connect");
-    db.conn()
-        .execute_unprepared("CREATE TABLE deals (id TEXT PRIMARY KEY, amount BIGINT NOT NULL)")
-        .await
-        .expect("table");
+    let db = deals_db().await;
     let txn = db.begin_write().await.expect("begin");
     let copy = "COPY deals (id, amount) FROM STDIN (FORMAT text)";
     if backend() == Backend::Sqlite {

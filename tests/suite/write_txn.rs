@@ -93,3 +93,45 @@ async fn copy_inserts_rows_within_the_transaction() {
     txn.commit().await.expect("commit");
     assert_eq!(count(&db).await, 2);
 }
+
+/// Pooled connections are not pinged before every use, but one that broke
+/// while idle (the server restarted, a failover) is found and replaced
+/// before it is handed out.
+#[tokio::test]
+async fn a_connection_broken_while_idle_is_replaced() {
+    if backend() == Backend::Sqlite {
+        return;
+    }
+    let url = fresh_database_url().await;
+    let db = Db::connect(&url, 1).await.expect("connect");
+    let pid = |conn: &sea_orm::DatabaseConnection| {
+        let conn = conn.clone();
+        async move {
+            let row = conn
+                .query_one(Statement::from_string(
+                    DatabaseBackend::Postgres,
+                    "SELECT pg_backend_pid() AS pid",
+                ))
+                .await
+                .expect("pid")
+                .expect("a row");
+            row.try_get::<i32>("", "pid").expect("pid")
+        }
+    };
+    let before = pid(db.conn()).await;
+    let admin = Db::connect(&url, 1).await.expect("connect again");
+    admin
+        .conn()
+        .execute(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT pg_terminate_backend($1)",
+            [Value::from(before)],
+        ))
+        .await
+        .expect("terminate");
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let after = pid(db.conn()).await;
+    assert_ne!(before, after, "a new connection replaced the broken one");
+    let txn = db.begin_write().await.expect("a write transaction too");
+    txn.commit().await.expect("commit");
+}

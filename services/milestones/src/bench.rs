@@ -221,6 +221,15 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     top_up(&progress, &org, 10_000, &args, &recorded).await?;
     reads(&progress, &org, args.reads, recorded.load(Ordering::Relaxed)).await?;
     let mut bulk = top_up(&progress, &org, args.activities, &args, &recorded).await?;
+    if bulk.items == 0 {
+        // Nothing to import: a line of zeros would read as a measurement.
+        println!(
+            "RecordActivities: skipped, {} activities already recorded (--activities {})",
+            recorded.load(Ordering::Relaxed),
+            args.activities
+        );
+        return Ok(());
+    }
     bulk.print();
     reads(&progress, &org, args.reads, recorded.load(Ordering::Relaxed)).await?;
     Ok(())

@@ -215,6 +215,7 @@ async fn dispatch(progress: Progress, mut calls: mpsc::Receiver<Pending>, tuning
             }
         }
         previous_size = batch.calls.len();
+        tracing::debug!(calls = previous_size, "ingest: batch gathered");
         let progress = progress.clone();
         tokio::spawn(async move {
             // Idempotency keys belong to a caller: merge per caller only.

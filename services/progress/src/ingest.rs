@@ -68,17 +68,31 @@ impl Progress {
         // On PostgreSQL a batch first assumes that none of its request ids
         // ran before, which saves looking them up: the write skips a stored
         // key and reports it, and the batch runs again, looking them up.
-        let mut look_up = self.db.conn().get_database_backend() != DatabaseBackend::Postgres;
+        // It also plans with the tenant's kept org copy without reading
+        // goal's feed position first; the write reads it, and if the copy
+        // is stale the batch runs again with the org as it is now.
+        let postgres = self.db.conn().get_database_backend() == DatabaseBackend::Postgres;
+        let mut attempt = Attempt {
+            look_up_replays: !postgres,
+            trust_kept_org: postgres,
+        };
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.record_attempt(caller, &entries, batch, look_up).await {
+            match self.record_attempt(caller, &entries, batch, attempt).await {
                 Ok(recorded) => return Ok(recorded),
+                Err(WriteError::OrgMoved) if attempts < 3 => attempt.trust_kept_org = false,
                 // A key stored meanwhile: its call's result is there now.
-                Err(WriteError::RequestIdTaken) if attempts < 3 => look_up = true,
+                Err(WriteError::RequestIdTaken) if attempts < 3 => attempt.look_up_replays = true,
                 // A retried call answers with its first outcome even if it
-                // would fail now (its member since removed, say).
-                Err(_) if !look_up => look_up = true,
+                // would fail now (its member since removed, say); and a
+                // member or metric may be missing only from a stale copy.
+                Err(_) if !attempt.look_up_replays || attempt.trust_kept_org => {
+                    attempt = Attempt {
+                        look_up_replays: true,
+                        trust_kept_org: false,
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -89,7 +103,7 @@ impl Progress {
         caller: &Caller,
         entries: &[NewActivity],
         batch: bool,
-        look_up_replays: bool,
+        attempt: Attempt,
     ) -> Result<Vec<pb::Activity>, WriteError> {
         let tenant = caller.tenant_id.as_str();
         let field = |i: usize, f: &str| {
@@ -110,11 +124,16 @@ impl Progress {
         let now = now_micros();
 
         // === 1. load ===
-        let org = self.org_cache.get(conn, tenant).await?;
+        let kept = attempt.trust_kept_org.then(|| self.org_cache.latest(tenant)).flatten();
+        let unchecked_org = kept.is_some();
+        let org = match kept {
+            Some(org) => org,
+            None => self.org_cache.get(conn, tenant).await?,
+        };
         let settings = &org.settings;
         let metrics = &org.metrics;
         let known = &org.members;
-        let replays = load_replays(conn, caller, entries, look_up_replays, batch).await?;
+        let replays = load_replays(conn, caller, entries, attempt.look_up_replays, batch).await?;
         let mut external: BTreeSet<(String, String)> = BTreeSet::new();
         for e in entries {
             if let Some(r) = &e.external_reference {
@@ -280,17 +299,30 @@ impl Progress {
         tracing::debug!(elapsed_ms = loaded.elapsed().as_millis() as u64, "ingest: planned");
         let planned = std::time::Instant::now();
         // === 3. write ===
-        let (mut events, changed) = writes::write(conn, tenant, &org, w, now).await?;
+        let (mut events, changed) = writes::write(conn, tenant, &org, w, now, unchecked_org).await?;
         for event in &mut events {
             if let Some(trace) = traces.get(&event.activity) {
                 event.trace_parent = trace.to_string();
             }
         }
         tracing::debug!(elapsed_ms = planned.elapsed().as_millis() as u64, "ingest: written");
+        let written = std::time::Instant::now();
         self.commit_with_events(txn, events, changed).await?;
+        tracing::debug!(elapsed_us = written.elapsed().as_micros() as u64, "ingest: committed");
         milestones_runtime::telemetry::record_ingested(recorded, batch);
         Ok(out.into_iter().flatten().collect())
     }
+}
+
+/// How an attempt at recording a batch reads what it needs.
+#[derive(Clone, Copy, Debug)]
+struct Attempt {
+    /// Look up which request ids are already stored, rather than finding
+    /// out from the write.
+    look_up_replays: bool,
+    /// Plan with the tenant's kept org copy, whatever goal feed position
+    /// it was read at, and let the write check the position.
+    trust_kept_org: bool,
 }
 
 /// The tenant's civil date of each instant, as stored, formatted once per
@@ -321,7 +353,7 @@ impl Days {
 #[derive(Debug)]
 pub struct TenantOrg {
     /// The goal feed position this copy was read at.
-    cursor: i64,
+    pub(crate) cursor: i64,
     pub(crate) settings: milestones_domain::tenant::TenantSettings,
     /// Metric id → (aggregation, negative values allowed).
     metrics: FastMap<String, (String, bool)>,
@@ -411,6 +443,13 @@ impl OrgCache {
             self.keep(tenant, &org);
         }
         Ok(org)
+    }
+
+    /// The kept copy of `tenant`'s org, whatever goal feed position it
+    /// was read at.
+    fn latest(&self, tenant: &str) -> Option<Arc<TenantOrg>> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.get(tenant).cloned()
     }
 
     fn kept(&self, tenant: &str, cursor: i64) -> Option<Arc<TenantOrg>> {
@@ -644,7 +683,7 @@ impl Progress {
         }
         // Voiding a negative activity raises the value, which can reach a
         // threshold: the events say so like any other.
-        let (events, changed) = writes::write(conn, tenant, &org, w, now).await?;
+        let (events, changed) = writes::write(conn, tenant, &org, w, now, false).await?;
         let out = load_activity(conn, tenant, id).await?;
         if !request_id.is_empty() {
             idempotency::record(&*txn, &key, request, &out.encode_to_vec(), now).await?;

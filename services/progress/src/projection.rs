@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::ops::{Progress, Reconcile};
 
 /// The cursor row of goal's feed in `feed_cursors`.
-const GOAL_FEED: &str = "goal.changes";
+pub(crate) const GOAL_FEED: &str = "goal.changes";
 
 /// Runs the consumer until `stop` flips.
 pub async fn run(progress: Progress, endpoint: String, identity: ServiceIdentity, mut stop: watch::Receiver<bool>) {

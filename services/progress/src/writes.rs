@@ -291,6 +291,9 @@ pub enum WriteError {
     /// `activities_request`: a request id of the batch is already stored, by
     /// a call that committed first (a retry, or a concurrent duplicate).
     RequestIdTaken,
+    /// The batch was planned with a kept org copy, and goal's feed has
+    /// moved since it was read: plan again with the org as it is now.
+    OrgMoved,
     Other(ApiError),
 }
 
@@ -314,6 +317,10 @@ impl From<WriteError> for ApiError {
                 reason: "REQUEST_IN_FLIGHT",
                 message: "a concurrent call with one of these request ids committed first; retry to get its result"
                     .to_string(),
+            },
+            WriteError::OrgMoved => ApiError::Aborted {
+                reason: "ORG_CHANGED",
+                message: "the org changed while this call was recorded; retry it".to_string(),
             },
             WriteError::Other(e) => e,
         }
@@ -339,12 +346,18 @@ impl From<sea_orm::DbErr> for WriteError {
 
 /// Writes `w` and returns the events of the thresholds it reached and the
 /// milestones it changed.
+///
+/// `unchecked_org` is set when `org` is a kept copy whose goal feed
+/// position was not read in this transaction (PostgreSQL): the write reads
+/// the position in its statement, and fails with [`WriteError::OrgMoved`]
+/// (the transaction to be rolled back) if the copy is no longer current.
 pub async fn write(
     conn: &TxnConn,
     tenant: &str,
     org: &TenantOrg,
     w: Writes<'_>,
     now: i64,
+    unchecked_org: bool,
 ) -> Result<(Vec<pb::MilestoneEvent>, Vec<ProgressChanged>), WriteError> {
     let mut deltas: Vec<(String, Delta<'_>)> = w
         .deltas
@@ -377,14 +390,18 @@ pub async fn write(
         })
         .collect();
     let updated = if conn.get_database_backend() == DatabaseBackend::Postgres {
-        write_postgres(
+        let (updated, cursor) = write_postgres(
             conn,
             (tenant, &w.activities),
             [w.credits, member_daily, milestone_daily],
             &deltas,
             now,
         )
-        .await?
+        .await?;
+        if unchecked_org && cursor != org.cursor {
+            return Err(WriteError::OrgMoved);
+        }
+        updated
     } else {
         let activities = activity_values(&w.activities, tenant, now);
         insert_rows(conn, "activities", ACTIVITY_COLUMNS, activities, "").await?;
@@ -433,14 +450,16 @@ const SEPARATE_INSERTS_FROM: usize = 64;
 const TOTALS_TURN: i64 = 0x7072_6f67_0002;
 
 /// The whole write: the inserts, the daily totals, and the milestone values,
-/// in one statement for a small batch, returning the new values.
+/// in one statement for a small batch, returning the new values and goal's
+/// feed position (locked shared until commit, so no org change is applied
+/// meanwhile).
 async fn write_postgres(
     conn: &TxnConn,
     (tenant, activities): (&str, &[ActivityRow<'_>]),
     [credits, member_daily, milestone_daily]: [Vec<Vec<Value>>; 3],
     deltas: &[(String, Delta<'_>)],
     now: i64,
-) -> Result<Updated, WriteError> {
+) -> Result<(Updated, i64), WriteError> {
     // The statements' texts do not depend on the batch, so each connection
     // parses and plans them once.
     static ALL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -476,6 +495,14 @@ async fn write_postgres(
     // deadlocking, without a separate `FOR UPDATE` pass (which doubled the
     // work per milestone row: measured 4.3k -> 5.0-5.6k calls/s at 16
     // clients without it).
+    //
+    // The statement first locks goal's feed cursor shared and returns its
+    // position (a row with a NULL id), then the updated milestones. An org
+    // change being applied holds the cursor exclusively while it
+    // recomputes milestones: taking the cursor before any milestone row
+    // (an `Append` runs its branches in order) queues the batch behind the
+    // change instead of deadlocking with it, and the position tells
+    // whether the batch was planned with the org as it is now.
     let totals = |first: usize| {
         let deltas = first + array_params(MEMBER_DAILY_COLUMNS) + array_params(MILESTONE_DAILY_COLUMNS);
         format!(
@@ -485,7 +512,10 @@ async fn write_postgres(
              u AS (UPDATE milestone_progress m SET value = m.value + d.delta, \
                    activity_count = m.activity_count + d.n, value_time = ${} \
                    FROM d WHERE m.id = d.id \
-                   RETURNING m.id, m.value, m.fired)",
+                   RETURNING m.id, m.value, m.fired), \
+             goal_feed AS (SELECT position FROM feed_cursors WHERE feed = ${} FOR SHARE) \
+             SELECT NULL::text AS id, position AS value, NULL::text AS fired FROM goal_feed \
+             UNION ALL SELECT id, value, fired FROM u",
             array_insert("member_daily", MEMBER_DAILY_COLUMNS, first, MEMBER_DAILY_CONFLICT),
             array_insert(
                 "milestone_daily",
@@ -494,6 +524,7 @@ async fn write_postgres(
                 MILESTONE_DAILY_CONFLICT
             ),
             deltas + 1,
+            deltas + 2,
         )
     };
     let separate_inserts = activities.len() >= SEPARATE_INSERTS_FROM;
@@ -503,7 +534,11 @@ async fn write_postgres(
         .collect();
     let mut total_rows = column_arrays(member_daily, MEMBER_DAILY_COLUMNS);
     total_rows.extend(column_arrays(milestone_daily, MILESTONE_DAILY_COLUMNS));
-    total_rows.extend([json_rows(&deltas).into(), now.into()]);
+    total_rows.extend([
+        json_rows(&deltas).into(),
+        now.into(),
+        crate::projection::GOAL_FEED.into(),
+    ]);
     // Straight to the connection, so that a unique violation keeps its
     // constraint's name (`WriteError` from `DbErr`).
     let query = |sql: &str, values: Vec<Value>| {
@@ -525,26 +560,28 @@ async fn write_postgres(
             query(sql, column_arrays(credits, CREDIT_COLUMNS)).await?;
         }
         exec(conn, "SELECT pg_advisory_xact_lock($1)", vec![TOTALS_TURN.into()]).await?;
-        let sql = TOTALS.get_or_init(|| format!("WITH {} SELECT id, value, fired FROM u", totals(1)));
+        let sql = TOTALS.get_or_init(|| format!("WITH {}", totals(1)));
         query(sql, total_rows).await?
     } else {
-        let sql = ALL.get_or_init(|| {
-            format!(
-                "WITH {}, {} SELECT id, value, fired FROM u",
-                inserts(1),
-                totals(1 + inserts_params)
-            )
-        });
+        let sql = ALL.get_or_init(|| format!("WITH {}, {}", inserts(1), totals(1 + inserts_params)));
         let mut values = column_arrays(activity_values(activities, tenant, now), ACTIVITY_COLUMNS);
         values.extend(column_arrays(credits, CREDIT_COLUMNS));
         values.extend(total_rows);
         query(sql, values).await?
     };
     let mut out = HashMap::new();
+    // No row before the first change from goal, as `load_cursor` reads it.
+    let mut cursor = 0;
     for r in found {
-        out.insert(r.try_get("", "id")?, (r.try_get("", "value")?, r.try_get("", "fired")?));
+        match r.try_get::<Option<String>>("", "id")? {
+            Some(id) => out.insert(id, (r.try_get("", "value")?, r.try_get("", "fired")?)),
+            None => {
+                cursor = r.try_get("", "value")?;
+                None
+            }
+        };
     }
-    Ok(out)
+    Ok((out, cursor))
 }
 
 /// Parameters a row set of `columns` takes in [`array_insert`]: one array

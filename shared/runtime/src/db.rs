@@ -59,9 +59,15 @@ impl Db {
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
             });
-        let conn = Database::connect(options)
-            .await
-            .with_context(|| format!("cannot connect to the database at {}", redact(url)))?;
+        let conn = if url.starts_with("postgres://") {
+            postgres_pool(url, options)
+                .await
+                .with_context(|| format!("cannot connect to the database at {}", redact(url)))?
+        } else {
+            Database::connect(options)
+                .await
+                .with_context(|| format!("cannot connect to the database at {}", redact(url)))?
+        };
         Ok(Db {
             write_lock: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             conn,
@@ -103,6 +109,38 @@ impl Db {
     pub async fn ping(&self) -> bool {
         self.conn.ping().await.is_ok()
     }
+}
+
+/// A pooled connection idle at least this long is checked with a ping
+/// before it is handed out; busier ones are not. sqlx pings every
+/// connection it hands out by default: a round trip to PostgreSQL before
+/// each read and each transaction, while under load a connection has been
+/// idle for microseconds. A connection that broke while idle (the server
+/// restarted, a failover) is still found and replaced before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// The PostgreSQL pool, built as sea-orm builds it but with the ping on
+/// acquire limited to connections that have been idle ([`PING_IF_IDLE_FOR`]).
+async fn postgres_pool(url: &str, options: ConnectOptions) -> Result<DatabaseConnection, sqlx::Error> {
+    use sqlx::ConnectOptions as _;
+    use sqlx::Connection as _;
+    let connect = url
+        .parse::<sqlx::postgres::PgConnectOptions>()?
+        .disable_statement_logging();
+    let pool = options
+        .sqlx_pool_options::<Postgres>()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_with(connect)
+        .await?;
+    Ok(DatabaseConnection::from(pool))
 }
 
 /// A write transaction. Dropping it without `commit` rolls it back.

@@ -453,8 +453,7 @@ impl OrgCache {
     }
 
     fn kept(&self, tenant: &str, cursor: i64) -> Option<Arc<TenantOrg>> {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        kept.get(tenant).filter(|o| o.cursor == cursor).cloned()
+        self.latest(tenant).filter(|o| o.cursor == cursor)
     }
 
     fn keep(&self, tenant: &str, org: &Arc<TenantOrg>) {

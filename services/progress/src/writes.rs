@@ -431,9 +431,10 @@ pub async fn write(
 type Updated = HashMap<String, (i64, String)>;
 
 /// Batches at least this big insert their rows before touching the running
-/// totals (activities by `COPY`, split credits in a statement of their own): the totals' rows are what
-/// concurrent batches queue on, and their locks are then held only for the
-/// totals and the commit. Smaller batches save the round trip instead.
+/// totals (activities by `COPY`, split credits in a statement of their
+/// own): the totals' rows are what concurrent batches queue on, and their
+/// locks are then held only for the totals and the commit. Smaller batches
+/// save the round trips instead.
 ///
 /// Such batches also take turns at the totals: each takes
 /// [`TOTALS_TURN`] (an advisory lock, held until commit) first, so a batch

@@ -60,14 +60,11 @@ impl Db {
                     .foreign_keys(true)
             });
         let conn = if url.starts_with("postgres://") {
-            postgres_pool(url, options)
-                .await
-                .with_context(|| format!("cannot connect to the database at {}", redact(url)))?
+            postgres_pool(url, options).await
         } else {
-            Database::connect(options)
-                .await
-                .with_context(|| format!("cannot connect to the database at {}", redact(url)))?
-        };
+            Database::connect(options).await
+        }
+        .with_context(|| format!("cannot connect to the database at {}", redact(url)))?;
         Ok(Db {
             write_lock: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             conn,
@@ -97,7 +94,7 @@ impl Db {
                     .get_postgres_connection_pool()
                     .begin()
                     .await
-                    .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e)))?;
+                    .map_err(conn_err)?;
                 TxnConn::Postgres(Mutex::new(txn))
             }
             _ => TxnConn::SeaOrm(self.conn.begin().await?),
@@ -121,11 +118,12 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// The PostgreSQL pool, built as sea-orm builds it but with the ping on
 /// acquire limited to connections that have been idle ([`PING_IF_IDLE_FOR`]).
-async fn postgres_pool(url: &str, options: ConnectOptions) -> Result<DatabaseConnection, sqlx::Error> {
+async fn postgres_pool(url: &str, options: ConnectOptions) -> Result<DatabaseConnection, DbErr> {
     use sqlx::ConnectOptions as _;
     use sqlx::Connection as _;
     let connect = url
-        .parse::<sqlx::postgres::PgConnectOptions>()?
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .map_err(conn_err)?
         .disable_statement_logging();
     let pool = options
         .sqlx_pool_options::<Postgres>()
@@ -139,7 +137,8 @@ async fn postgres_pool(url: &str, options: ConnectOptions) -> Result<DatabaseCon
             })
         })
         .connect_with(connect)
-        .await?;
+        .await
+        .map_err(conn_err)?;
     Ok(DatabaseConnection::from(pool))
 }
 
@@ -199,6 +198,10 @@ fn exec_err(e: sqlx::Error) -> DbErr {
 
 fn query_err(e: sqlx::Error) -> DbErr {
     DbErr::Query(RuntimeErr::SqlxError(e))
+}
+
+fn conn_err(e: sqlx::Error) -> DbErr {
+    DbErr::Conn(RuntimeErr::SqlxError(e))
 }
 
 /// A statement's parameters, moved to the driver.

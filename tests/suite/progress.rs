@@ -1612,6 +1612,69 @@ async fn replicas_see_org_changes_applied_by_each_other() {
     app.stop().await;
 }
 
+/// A replica whose last view of a milestone is behind (another replica
+/// recorded since) still announces the threshold its activity reaches,
+/// once. On PostgreSQL a small batch that the replica expects to stay below
+/// every threshold not announced is written in one statement without a
+/// transaction, which can announce nothing: the statement itself refuses
+/// when the batch reaches one after all, and the batch is written again in
+/// a transaction, with its event.
+#[tokio::test]
+async fn a_replica_behind_on_a_milestone_still_announces_its_threshold() {
+    let app = TestApp::spawn().await;
+    let mut settings = milestones_suite::test_settings(
+        app.database_url.clone(),
+        app.progress_database_url.clone(),
+        String::new(),
+    );
+    settings.progress.goal_endpoint = app.endpoint();
+    let replica = TestApp::launch(settings, &["progress"], None).await;
+    let mut goal = app.admin("acme").await;
+    let mut first = app.progress("acme", &[Role::Service]).await;
+    let mut second = replica.progress("acme", &[Role::Service]).await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mine = active(&mut goal, &ada.name, &arr, "FY2026", 1_000).await;
+    progress_of(&mut first, &mine).await;
+    progress_of(&mut second, &mine).await;
+    // ABORTED asks for a retry when two processes share one SQLite file.
+    async fn record(c: &mut ProgressClient, req: p::RecordActivityRequest) {
+        eventually("the activity to be accepted", || {
+            let mut c = c.clone();
+            let req = req.clone();
+            async move {
+                match c.record_activity(req).await {
+                    Ok(a) => Some(a.into_inner()),
+                    Err(s) if matches!(s.code(), Code::NotFound | Code::Aborted) => None,
+                    Err(s) => panic!("record failed: {s:?}"),
+                }
+            }
+        })
+        .await;
+    }
+    // Each replica records once (and keeps what it saw: 100, then 700).
+    record(&mut second, activity(&ada, &arr, 100, 2, 2, "b-1")).await;
+    record(&mut first, activity(&ada, &arr, 600, 2, 3, "a-1")).await;
+    // The second replica last saw 100: 100 + 400 stays below 1,000, but
+    // the milestone is at 700, and 700 + 400 reaches it.
+    record(&mut second, activity(&ada, &arr, 400, 2, 4, "b-2")).await;
+    let got = value_becomes(&mut first, &mine, 1_100).await;
+    assert_eq!(got.activity_count, 3);
+    let events = events_after(&app, 0).await;
+    assert_eq!(
+        kinds_for(&events, &mine),
+        vec![p::MilestoneEventKind::TargetReached],
+        "announced once, by the replica that reached it"
+    );
+    // Now both are past every threshold: more activities announce nothing.
+    record(&mut first, activity(&ada, &arr, 50, 2, 5, "a-2")).await;
+    record(&mut second, activity(&ada, &arr, 50, 2, 6, "b-3")).await;
+    value_becomes(&mut first, &mine, 1_200).await;
+    assert_eq!(kinds_for(&events_after(&app, 0).await, &mine).len(), 1);
+    replica.stop().await;
+    app.stop().await;
+}
+
 /// An activity recorded before activities kept their own request ids (its
 /// key was a row of `idempotency_keys`) still answers its retries after the
 /// upgrade, and its id is still refused for another activity.

@@ -135,3 +135,88 @@ async fn a_connection_broken_while_idle_is_replaced() {
     let txn = db.begin_write().await.expect("a write transaction too");
     txn.commit().await.expect("commit");
 }
+
+/// A single-statement write commits its one statement by itself, refuses a
+/// second one (which would not be atomic with the first), and keeps its
+/// connection for the next write, even after its statement failed.
+#[tokio::test]
+async fn a_single_statement_write_runs_one_statement() {
+    let db = deals_db().await;
+    if db.backend() == DatabaseBackend::Sqlite {
+        // A transaction there: it commits on `commit`.
+        let txn = db.begin_single_write().await.expect("begin");
+        txn.execute(insert(&db, "d1")).await.expect("insert");
+        txn.commit().await.expect("commit");
+        assert_eq!(count(&db).await, 1);
+        return;
+    }
+    let pid = |txn: milestones_runtime::db::WriteTxn| async move {
+        let row = txn
+            .query_one(Statement::from_string(
+                DatabaseBackend::Postgres,
+                "SELECT pg_backend_pid() AS pid",
+            ))
+            .await
+            .expect("pid")
+            .expect("a row");
+        row.try_get::<i32>("", "pid").expect("pid")
+    };
+    let first = pid(db.begin_single_write().await.expect("begin")).await;
+
+    // Committed without `commit`, on the same kept connection.
+    let single = db.begin_single_write().await.expect("begin");
+    single.execute(insert(&db, "d1")).await.expect("insert");
+    let second = single.execute(insert(&db, "d2")).await;
+    assert!(second.is_err(), "a second statement is refused");
+    drop(single);
+    assert_eq!(count(&db).await, 1, "the first statement committed alone");
+
+    // A failed statement leaves nothing, and its connection serves on.
+    let single = db.begin_single_write().await.expect("begin");
+    let err = single.execute(insert(&db, "d1")).await.expect_err("a duplicate id");
+    assert!(
+        matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))),
+        "{err:?}"
+    );
+    drop(single);
+    assert_eq!(count(&db).await, 1);
+    let again = pid(db.begin_single_write().await.expect("begin")).await;
+    assert_eq!(first, again, "the kept connection serves every single write");
+}
+
+/// A connection kept for single-statement writes that broke while idle is
+/// found and replaced before use.
+#[tokio::test]
+async fn a_kept_single_writer_broken_while_idle_is_replaced() {
+    if backend() == Backend::Sqlite {
+        return;
+    }
+    let db = deals_db().await;
+    let single = db.begin_single_write().await.expect("begin");
+    let row = single
+        .query_one(Statement::from_string(
+            DatabaseBackend::Postgres,
+            "SELECT pg_backend_pid() AS pid",
+        ))
+        .await
+        .expect("pid")
+        .expect("a row");
+    let before: i32 = row.try_get("", "pid").expect("pid");
+    drop(single);
+    db.conn()
+        .execute(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT pg_terminate_backend($1)",
+            [Value::from(before)],
+        ))
+        .await
+        .expect("terminate");
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let single = db.begin_single_write().await.expect("begin");
+    single
+        .execute(insert(&db, "d1"))
+        .await
+        .expect("insert on a new connection");
+    drop(single);
+    assert_eq!(count(&db).await, 1);
+}

@@ -14,6 +14,15 @@
 //!    milestone values are updated relatively (`value = value + delta ...
 //!    RETURNING`), so concurrent calls never lose an update, and crossings
 //!    are detected from the values the database returns.
+//!
+//! On PostgreSQL most small batches (concurrent unary calls) need no
+//! transaction block: nothing is read before the write, and the write is
+//! one statement, which commits on its own, without the round trips of
+//! `BEGIN` and `COMMIT` (measured at 16 clients: 29-41 % of pgbench's
+//! one-row inserts before, 45-48 % after). Such a statement cannot
+//! announce a threshold (its event belongs in the same transaction), so it
+//! refuses to reach one, and the batch is written again in a transaction;
+//! one the process expects to reach a threshold goes there first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -75,6 +84,7 @@ impl Progress {
         let mut attempt = Attempt {
             look_up_replays: !postgres,
             trust_kept_org: postgres,
+            single_statement: postgres,
         };
         let mut attempts = 0;
         loop {
@@ -82,6 +92,7 @@ impl Progress {
             match self.record_attempt(caller, &entries, batch, attempt).await {
                 Ok(recorded) => return Ok(recorded),
                 Err(WriteError::OrgMoved) if attempts < 3 => attempt.trust_kept_org = false,
+                Err(WriteError::ThresholdAhead) if attempts < 3 => attempt.single_statement = false,
                 // A key stored meanwhile: its call's result is there now.
                 Err(WriteError::RequestIdTaken) if attempts < 3 => attempt.look_up_replays = true,
                 // A retried call answers with its first outcome even if it
@@ -91,6 +102,7 @@ impl Progress {
                     attempt = Attempt {
                         look_up_replays: true,
                         trust_kept_org: false,
+                        single_statement: false,
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -115,17 +127,32 @@ impl Progress {
         };
         let at = |i: usize, e: ApiError| entry_error(batch, i, e);
         let started = std::time::Instant::now();
-        let txn = self.db.begin_write().await?;
+        let kept = attempt.trust_kept_org.then(|| self.org_cache.latest(tenant)).flatten();
+        let unchecked_org = kept.is_some();
+        // One statement that commits on its own, when the batch needs
+        // nothing read first: the org is the kept copy (which the statement
+        // checks), request ids and external references are not looked up
+        // (one already stored fails the statement), and the batch is small
+        // enough for one statement. A batch that reaches a threshold is
+        // written in a transaction, with its events.
+        let single = attempt.single_statement
+            && unchecked_org
+            && !attempt.look_up_replays
+            && entries.len() < writes::SEPARATE_INSERTS_FROM;
+        let txn = if single {
+            self.db.begin_single_write().await?
+        } else {
+            self.db.begin_write().await?
+        };
         tracing::debug!(
             waited_ms = started.elapsed().as_millis() as u64,
+            single,
             "ingest: transaction open"
         );
         let conn = &*txn;
         let now = now_micros();
 
         // === 1. load ===
-        let kept = attempt.trust_kept_org.then(|| self.org_cache.latest(tenant)).flatten();
-        let unchecked_org = kept.is_some();
         let org = match kept {
             Some(org) => org,
             None => self.org_cache.get(conn, tenant).await?,
@@ -135,7 +162,7 @@ impl Progress {
         let known = &org.members;
         let replays = load_replays(conn, caller, entries, attempt.look_up_replays, batch).await?;
         let mut external: BTreeSet<(String, String)> = BTreeSet::new();
-        for e in entries {
+        for e in entries.iter().filter(|_| !single) {
             if let Some(r) = &e.external_reference {
                 external.insert((e.source.clone(), r.clone()));
             }
@@ -299,7 +326,14 @@ impl Progress {
         tracing::debug!(elapsed_ms = loaded.elapsed().as_millis() as u64, "ingest: planned");
         let planned = std::time::Instant::now();
         // === 3. write ===
-        let (mut events, changed) = writes::write(conn, tenant, &org, w, now, unchecked_org).await?;
+        if single && org.reaches_threshold(&w) {
+            return Err(WriteError::ThresholdAhead);
+        }
+        let mode = writes::WriteMode {
+            unchecked_org,
+            single_statement: single,
+        };
+        let (mut events, changed) = writes::write(conn, tenant, &org, w, now, mode).await?;
         for event in &mut events {
             if let Some(trace) = traces.get(&event.activity) {
                 event.trace_parent = trace.to_string();
@@ -323,6 +357,9 @@ struct Attempt {
     /// Plan with the tenant's kept org copy, whatever goal feed position
     /// it was read at, and let the write check the position.
     trust_kept_org: bool,
+    /// Write a small batch that needs no lookups in one statement outside
+    /// a transaction block ([`writes::WriteMode::single_statement`]).
+    single_statement: bool,
 }
 
 /// The tenant's civil date of each instant, as stored, formatted once per
@@ -337,6 +374,14 @@ impl Days {
             .or_insert_with_key(|d| format_date(*d).into())
             .clone()
     }
+}
+
+/// The lowest threshold of `m` that `fired` does not hold.
+fn lowest_unannounced(m: &MilestoneRow, fired: &store::Fired) -> Option<i64> {
+    rules::thresholds(m)
+        .filter(|(kind, t)| fired.first_reach(*kind, *t).is_none())
+        .map(|(_, t)| t)
+        .min()
 }
 
 /// Which active milestones a credit counts toward: the credited member's
@@ -369,6 +414,21 @@ pub struct TenantOrg {
     team_milestones: FastMap<String, Vec<Scope>>,
     /// Each team and its ancestors, nearest first.
     chains: FastMap<String, Vec<String>>,
+    /// What this process last saw of each milestone it wrote to, for
+    /// single-statement writes.
+    seen: std::sync::Mutex<FastMap<String, Seen>>,
+}
+
+/// A milestone as a write last returned it.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    value: i64,
+    /// The lowest of its thresholds not announced then (None: all were).
+    /// Announced thresholds are only ever added to, so a threshold
+    /// announced now was announced then or is this one or above: it is
+    /// never above the lowest one not announced now. A write that stays
+    /// below it announces nothing, whatever other writers did meanwhile.
+    announce_from: Option<i64>,
 }
 
 /// A milestone a credit counts toward.
@@ -541,6 +601,51 @@ impl TenantOrg {
             member_milestones,
             team_milestones,
             chains,
+            seen: Default::default(),
+        })
+    }
+
+    /// What this process last saw of milestone `id`: as written last, or
+    /// as loaded.
+    fn seen(&self, id: &str) -> Option<Seen> {
+        if let Some(seen) = self.seen.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Some(*seen);
+        }
+        let m = self.milestones.get(id)?;
+        Some(Seen {
+            value: m.value,
+            announce_from: lowest_unannounced(m, &m.fired),
+        })
+    }
+
+    /// The lowest threshold of milestone `id` that a single-statement write
+    /// must not reach (None: it may reach any).
+    pub(crate) fn announce_from(&self, id: &str) -> Option<i64> {
+        self.seen(id).and_then(|s| s.announce_from)
+    }
+
+    /// Keeps what a write returned of milestone `id`.
+    pub(crate) fn saw(&self, id: &str, value: i64, fired: &store::Fired) {
+        let Some(m) = self.milestones.get(id) else {
+            return;
+        };
+        let seen = Seen {
+            value,
+            announce_from: lowest_unannounced(m, fired),
+        };
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), seen);
+    }
+
+    /// Whether the batch would take a milestone, as last seen, to a
+    /// threshold to announce: such a batch is written in a transaction
+    /// rather than refused by a single statement.
+    fn reaches_threshold(&self, w: &Writes<'_>) -> bool {
+        w.deltas.iter().any(|(id, d)| {
+            self.seen(id)
+                .is_some_and(|s| s.announce_from.is_some_and(|t| s.value.saturating_add(d.peak()) >= t))
         })
     }
 
@@ -682,7 +787,7 @@ impl Progress {
         }
         // Voiding a negative activity raises the value, which can reach a
         // threshold: the events say so like any other.
-        let (events, changed) = writes::write(conn, tenant, &org, w, now, false).await?;
+        let (events, changed) = writes::write(conn, tenant, &org, w, now, writes::WriteMode::IN_TRANSACTION).await?;
         let out = load_activity(conn, tenant, id).await?;
         if !request_id.is_empty() {
             idempotency::record(&*txn, &key, request, &out.encode_to_vec(), now).await?;

@@ -437,6 +437,40 @@ impl MigrationTrait for SelectiveKeys {
     }
 }
 
+/// PostgreSQL only: `progress_refuse(code, reason)`, which fails the
+/// statement that calls it with SQLSTATE `code`.
+///
+/// A small ingestion batch is written in one statement outside a
+/// transaction block, which commits on its own; a condition that only the
+/// database can check under lock (goal's feed has moved since the batch was
+/// planned, a milestone reaches a threshold that must be announced in the
+/// same transaction) must then undo the whole statement, and a failing
+/// statement does. SQL has no way to raise an error: PL/pgSQL has.
+pub struct RefusalFunction;
+
+impl MigrationName for RefusalFunction {
+    fn name(&self) -> &str {
+        "m20261130_000001_refusal_function"
+    }
+}
+
+#[async_trait::async_trait]
+#[allow(elided_lifetimes_in_paths)]
+impl MigrationTrait for RefusalFunction {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        if db.get_database_backend() != DatabaseBackend::Postgres {
+            return Ok(());
+        }
+        db.execute_unprepared(
+            "CREATE FUNCTION progress_refuse(code text, reason text) RETURNS bigint LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION USING ERRCODE = code, MESSAGE = reason; END $$",
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 /// The progress service's migrations.
 pub struct Migrator;
 
@@ -450,6 +484,7 @@ impl MigratorTrait for Migrator {
             Box::new(LeanActivities),
             Box::new(ByteCollation),
             Box::new(SelectiveKeys),
+            Box::new(RefusalFunction),
         ]
     }
 

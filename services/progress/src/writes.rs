@@ -207,6 +207,15 @@ pub struct Delta<'a> {
     pub owner_teams: &'a [String],
 }
 
+impl Delta<'_> {
+    /// The highest the batch takes the milestone above where it started
+    /// (thresholds are announced when reached, even if a later step of the
+    /// batch goes back below).
+    pub fn peak(&self) -> i64 {
+        self.steps.iter().map(|(_, c)| *c).max().unwrap_or(0)
+    }
+}
+
 /// The planner's maps, keyed by ids the server made: hashed with foldhash
 /// rather than SipHash, which guards against keys an attacker picks and
 /// was a twentieth of an import's server CPU.
@@ -294,6 +303,10 @@ pub enum WriteError {
     /// The batch was planned with a kept org copy, and goal's feed has
     /// moved since it was read: plan again with the org as it is now.
     OrgMoved,
+    /// A single-statement write would take a milestone to a threshold not
+    /// announced yet, whose event must be written in the same transaction:
+    /// write the batch again in a transaction.
+    ThresholdAhead,
     Other(ApiError),
 }
 
@@ -322,15 +335,33 @@ impl From<WriteError> for ApiError {
                 reason: "ORG_CHANGED",
                 message: "the org changed while this call was recorded; retry it".to_string(),
             },
+            WriteError::ThresholdAhead => ApiError::Aborted {
+                reason: "THRESHOLD_REACHED",
+                message: "a milestone reached a threshold while this call was recorded; retry it".to_string(),
+            },
             WriteError::Other(e) => e,
         }
     }
 }
 
+/// SQLSTATEs of `progress_refuse` (migration `RefusalFunction`): goal's
+/// feed moved since the batch was planned, and a single-statement write
+/// reaching a threshold.
+const REFUSED_ORG_MOVED: &str = "MSORG";
+const REFUSED_THRESHOLD: &str = "MSTHR";
+
 /// A unique violation names its constraint, so callers can say which
-/// input collided.
+/// input collided; a refusal of the write statement says why.
 impl From<sea_orm::DbErr> for WriteError {
     fn from(err: sea_orm::DbErr) -> Self {
+        use sea_orm::RuntimeErr::SqlxError;
+        if let sea_orm::DbErr::Query(SqlxError(e)) | sea_orm::DbErr::Exec(SqlxError(e)) = &err {
+            match e.as_database_error().and_then(|d| d.code()).as_deref() {
+                Some(REFUSED_ORG_MOVED) => return WriteError::OrgMoved,
+                Some(REFUSED_THRESHOLD) => return WriteError::ThresholdAhead,
+                _ => {}
+            }
+        }
         if let Some(sea_orm::SqlErr::UniqueConstraintViolation(text)) = err.sql_err() {
             // PostgreSQL names the index, SQLite its columns.
             if text.contains("activities_request") || text.contains("activities.request_id") {
@@ -344,20 +375,39 @@ impl From<sea_orm::DbErr> for WriteError {
     }
 }
 
+/// How [`write`] runs.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteMode {
+    /// `org` is a kept copy whose goal feed position was not read in this
+    /// transaction (PostgreSQL): the write statement reads the position,
+    /// and fails with [`WriteError::OrgMoved`] (the transaction to be
+    /// rolled back) if the copy is no longer current.
+    pub unchecked_org: bool,
+    /// The write is one statement that commits on its own
+    /// ([`milestones_runtime::db::Db::begin_single_write`], PostgreSQL,
+    /// a batch below [`SEPARATE_INSERTS_FROM`]): it can announce nothing,
+    /// so it fails with [`WriteError::ThresholdAhead`] if a milestone
+    /// would reach a threshold not announced yet.
+    pub single_statement: bool,
+}
+
+impl WriteMode {
+    /// In a transaction, with an org read in it.
+    pub const IN_TRANSACTION: WriteMode = WriteMode {
+        unchecked_org: false,
+        single_statement: false,
+    };
+}
+
 /// Writes `w` and returns the events of the thresholds it reached and the
 /// milestones it changed.
-///
-/// `unchecked_org` is set when `org` is a kept copy whose goal feed
-/// position was not read in this transaction (PostgreSQL): the write reads
-/// the position in its statement, and fails with [`WriteError::OrgMoved`]
-/// (the transaction to be rolled back) if the copy is no longer current.
 pub async fn write(
     conn: &TxnConn,
     tenant: &str,
     org: &TenantOrg,
     w: Writes<'_>,
     now: i64,
-    unchecked_org: bool,
+    mode: WriteMode,
 ) -> Result<(Vec<pb::MilestoneEvent>, Vec<ProgressChanged>), WriteError> {
     let mut deltas: Vec<(String, Delta<'_>)> = w
         .deltas
@@ -390,18 +440,14 @@ pub async fn write(
         })
         .collect();
     let updated = if conn.get_database_backend() == DatabaseBackend::Postgres {
-        let (updated, cursor) = write_postgres(
+        write_postgres(
             conn,
             (tenant, &w.activities),
             [w.credits, member_daily, milestone_daily],
-            &deltas,
+            (&deltas, org, mode),
             now,
         )
-        .await?;
-        if unchecked_org && cursor != org.cursor {
-            return Err(WriteError::OrgMoved);
-        }
-        updated
+        .await?
     } else {
         let activities = activity_values(&w.activities, tenant, now);
         insert_rows(conn, "activities", ACTIVITY_COLUMNS, activities, "").await?;
@@ -424,7 +470,25 @@ pub async fn write(
         .await?;
         add_deltas_sqlite(conn, &deltas, now).await?
     };
-    Ok(settle(conn, org, &deltas, updated, now).await?)
+    let (events, changed, announced) = settle(org, &deltas, updated, now);
+    if !announced.is_empty() {
+        if mode.single_statement {
+            // The statement refuses to reach a threshold not announced
+            // (`announce_from` is never above the first one settle
+            // finds): this cannot happen. Were it to, the batch is
+            // committed without its events.
+            tracing::error!(
+                milestones = announced.len(),
+                "a single-statement write reached a threshold"
+            );
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "a single-statement write reached a threshold it did not refuse"
+            ))
+            .into());
+        }
+        record_announced(conn, announced).await?;
+    }
+    Ok((events, changed))
 }
 
 /// The value and announced thresholds of a milestone after the update.
@@ -444,23 +508,23 @@ type Updated = HashMap<String, (i64, String)>;
 /// writers 37-38k activities/s without turns, 38.7-39.4k with). PostgreSQL
 /// sees the advisory lock, so a cycle through it is a deadlock it detects
 /// and breaks, and replicas take turns too.
-const SEPARATE_INSERTS_FROM: usize = 64;
+pub(crate) const SEPARATE_INSERTS_FROM: usize = 64;
 
 /// The advisory lock key of the turn at the running totals ("prog" 2; the
 /// event feed uses "prog" 1).
 const TOTALS_TURN: i64 = 0x7072_6f67_0002;
 
 /// The whole write: the inserts, the daily totals, and the milestone values,
-/// in one statement for a small batch, returning the new values and goal's
-/// feed position (locked shared until commit, so no org change is applied
-/// meanwhile).
+/// in one statement for a small batch, returning the new values. It locks
+/// goal's feed cursor shared until commit, so no org change is applied
+/// meanwhile, and refuses as `mode` asks.
 async fn write_postgres(
     conn: &TxnConn,
     (tenant, activities): (&str, &[ActivityRow<'_>]),
     [credits, member_daily, milestone_daily]: [Vec<Vec<Value>>; 3],
-    deltas: &[(String, Delta<'_>)],
+    (deltas, org, mode): (&[(String, Delta<'_>)], &TenantOrg, WriteMode),
     now: i64,
-) -> Result<(Updated, i64), WriteError> {
+) -> Result<Updated, WriteError> {
     // The statements' texts do not depend on the batch, so each connection
     // parses and plans them once.
     static ALL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -497,26 +561,34 @@ async fn write_postgres(
     // work per milestone row: measured 4.3k -> 5.0-5.6k calls/s at 16
     // clients without it).
     //
-    // The statement first locks goal's feed cursor shared and returns its
-    // position (a row with a NULL id), then the updated milestones. An org
-    // change being applied holds the cursor exclusively while it
-    // recomputes milestones: taking the cursor before any milestone row
-    // (an `Append` runs its branches in order) queues the batch behind the
-    // change instead of deadlocking with it, and the position tells
-    // whether the batch was planned with the org as it is now.
+    // The statement first locks goal's feed cursor shared (a row with a
+    // NULL id), then updates the milestones. An org change being applied
+    // holds the cursor exclusively while it recomputes milestones: taking
+    // the cursor before any milestone row (an `Append` runs its branches in
+    // order) queues the batch behind the change instead of deadlocking with
+    // it. Given the position the batch was planned at, it refuses
+    // (`progress_refuse`, undoing the whole statement) if the cursor has
+    // moved since; given a milestone's `lim`, the lowest threshold it may
+    // not reach, it refuses if the batch's peak reaches it.
     let totals = |first: usize| {
         let deltas = first + array_params(MEMBER_DAILY_COLUMNS) + array_params(MILESTONE_DAILY_COLUMNS);
         format!(
             "md AS ({}), sd AS ({}), \
-             d AS (SELECT r->>0 AS id, (r->>1)::bigint AS delta, (r->>2)::bigint AS n \
+             d AS (SELECT r->>0 AS id, (r->>1)::bigint AS delta, (r->>2)::bigint AS n, \
+                   (r->>3)::bigint AS peak, (r->>4)::bigint AS lim \
                    FROM unnest(ARRAY(SELECT jsonb_array_elements(${deltas}::jsonb))) r), \
              u AS (UPDATE milestone_progress m SET value = m.value + d.delta, \
                    activity_count = m.activity_count + d.n, value_time = ${} \
                    FROM d WHERE m.id = d.id \
-                   RETURNING m.id, m.value, m.fired), \
+                   RETURNING m.id, m.value, m.fired, m.value - d.delta + d.peak >= d.lim AS reaches), \
              goal_feed AS (SELECT position FROM feed_cursors WHERE feed = ${} FOR SHARE) \
-             SELECT NULL::text AS id, position AS value, NULL::text AS fired FROM goal_feed \
-             UNION ALL SELECT id, value, fired FROM u",
+             SELECT NULL::text AS id, \
+                    CASE WHEN ${planned}::bigint IS NULL OR position = ${planned}::bigint THEN position \
+                    ELSE progress_refuse('{REFUSED_ORG_MOVED}', 'goal''s feed moved since the batch was planned') \
+                    END AS value, NULL::text AS fired FROM goal_feed \
+             UNION ALL SELECT id, \
+                    CASE WHEN reaches THEN progress_refuse('{REFUSED_THRESHOLD}', 'a milestone reaches a threshold') \
+                    ELSE value END, fired FROM u",
             array_insert("member_daily", MEMBER_DAILY_COLUMNS, first, MEMBER_DAILY_CONFLICT),
             array_insert(
                 "milestone_daily",
@@ -526,12 +598,26 @@ async fn write_postgres(
             ),
             deltas + 1,
             deltas + 2,
+            planned = deltas + 3,
         )
     };
     let separate_inserts = activities.len() >= SEPARATE_INSERTS_FROM;
     let deltas: Vec<Vec<Value>> = deltas
         .iter()
-        .map(|(id, d)| vec![id.clone().into(), d.amount.into(), d.activities.into()])
+        .map(|(id, d)| {
+            let lim = if mode.single_statement {
+                org.announce_from(id)
+            } else {
+                None
+            };
+            vec![
+                id.clone().into(),
+                d.amount.into(),
+                d.activities.into(),
+                d.peak().into(),
+                Value::BigInt(lim),
+            ]
+        })
         .collect();
     let mut total_rows = column_arrays(member_daily, MEMBER_DAILY_COLUMNS);
     total_rows.extend(column_arrays(milestone_daily, MILESTONE_DAILY_COLUMNS));
@@ -539,6 +625,7 @@ async fn write_postgres(
         json_rows(&deltas).into(),
         now.into(),
         crate::projection::GOAL_FEED.into(),
+        Value::BigInt(mode.unchecked_org.then_some(org.cursor)),
     ]);
     // Straight to the connection, so that a unique violation keeps its
     // constraint's name (`WriteError` from `DbErr`).
@@ -571,18 +658,13 @@ async fn write_postgres(
         query(sql, values).await?
     };
     let mut out = HashMap::new();
-    // No row before the first change from goal, as `load_cursor` reads it.
-    let mut cursor = 0;
     for r in found {
-        match r.try_get::<Option<String>>("", "id")? {
-            Some(id) => out.insert(id, (r.try_get("", "value")?, r.try_get("", "fired")?)),
-            None => {
-                cursor = r.try_get("", "value")?;
-                None
-            }
-        };
+        // The cursor's row has no id.
+        if let Some(id) = r.try_get::<Option<String>>("", "id")? {
+            out.insert(id, (r.try_get("", "value")?, r.try_get("", "fired")?));
+        }
     }
-    Ok((out, cursor))
+    Ok(out)
 }
 
 /// Parameters a row set of `columns` takes in [`array_insert`]: one array
@@ -789,15 +871,15 @@ async fn add_deltas_sqlite(
 }
 
 /// Decides the thresholds each updated milestone reached, step by step in
-/// request order (each attributed to the activity whose step reached it),
-/// and records them as announced.
-async fn settle(
-    conn: &impl ConnectionTrait,
+/// request order (each attributed to the activity whose step reached it);
+/// returns their events, the milestones changed, and the milestones whose
+/// announced thresholds are to be written. Tells `org` what it saw.
+fn settle(
     org: &TenantOrg,
     deltas: &[(String, Delta<'_>)],
     updated: Updated,
     now: i64,
-) -> Result<(Vec<pb::MilestoneEvent>, Vec<ProgressChanged>), ApiError> {
+) -> (Vec<pb::MilestoneEvent>, Vec<ProgressChanged>, Vec<Vec<Value>>) {
     let mut events = Vec::new();
     let mut changed = Vec::new();
     let mut announced: Vec<Vec<Value>> = Vec::new();
@@ -818,8 +900,9 @@ async fn settle(
         // Thresholds are only ever announced once reached, so unless the
         // highest value of the batch reaches one not yet announced there is
         // nothing to decide (most batches): skip copying the milestone.
-        let peak = before + delta.steps.iter().map(|(_, c)| *c).max().unwrap_or(0);
+        let peak = before + delta.peak();
         if !rules::thresholds(kept).any(|(kind, t)| peak >= t && fired.first_reach(kind, t).is_none()) {
+            org.saw(id, *after, &fired);
             continue;
         }
         let m = &mut kept.clone();
@@ -838,6 +921,7 @@ async fn settle(
                 ));
             }
         }
+        org.saw(id, *after, &m.fired);
         if m.fired != was {
             announced.push(vec![
                 id.clone().into(),
@@ -845,9 +929,11 @@ async fn settle(
             ]);
         }
     }
-    if announced.is_empty() {
-        return Ok((events, changed));
-    }
+    (events, changed, announced)
+}
+
+/// Writes the announced thresholds of milestones (id, fired as JSON).
+async fn record_announced(conn: &impl ConnectionTrait, announced: Vec<Vec<Value>>) -> Result<(), ApiError> {
     if conn.get_database_backend() == DatabaseBackend::Postgres {
         exec(
             conn,
@@ -866,7 +952,7 @@ async fn settle(
             exec(conn, &sql, chunk.iter().flatten().cloned().collect()).await?;
         }
     }
-    Ok((events, changed))
+    Ok(())
 }
 
 #[cfg(test)]

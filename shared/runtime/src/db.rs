@@ -24,11 +24,13 @@ use sea_orm::{
 use sea_query_binder::SqlxValues;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-/// A service's database: a pool, plus the write lock on SQLite.
+/// A service's database: a pool, plus the write lock on SQLite and the
+/// connections kept for single-statement writes on PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct Db {
     conn: DatabaseConnection,
     write_lock: Option<Arc<Mutex<()>>>,
+    single_writers: Option<Arc<SingleWriters>>,
 }
 
 impl Db {
@@ -65,9 +67,16 @@ impl Db {
             Database::connect(options).await
         }
         .with_context(|| format!("cannot connect to the database at {}", redact(url)))?;
+        let single_writers = (conn.get_database_backend() == DatabaseBackend::Postgres).then(|| {
+            Arc::new(SingleWriters {
+                options: conn.get_postgres_connection_pool().connect_options(),
+                idle: std::sync::Mutex::new(Vec::new()),
+            })
+        });
         Ok(Db {
             write_lock: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             conn,
+            single_writers,
         })
     }
 
@@ -100,6 +109,31 @@ impl Db {
             _ => TxnConn::SeaOrm(self.conn.begin().await?),
         };
         Ok(WriteTxn { conn, _guard: guard })
+    }
+
+    /// Starts a write of exactly one statement, which commits on its own
+    /// (PostgreSQL runs a statement outside `BEGIN` as its own
+    /// transaction): no `BEGIN` and no `COMMIT` round trip. A second
+    /// statement is refused, so a caller cannot lose atomicity by mistake;
+    /// `commit` does nothing. Falls back to [`Db::begin_write`] on SQLite.
+    ///
+    /// It runs on a connection kept outside the pool: sqlx pings every
+    /// pooled connection when it goes back to the pool, one more round trip
+    /// per write (measured on unary ingestion at 16 clients: PostgreSQL's
+    /// CPU per call 46-55 µs with the ping, 34-39 µs without).
+    pub async fn begin_single_write(&self) -> Result<WriteTxn, DbErr> {
+        let Some(writers) = &self.single_writers else {
+            return self.begin_write().await;
+        };
+        let conn = writers.take().await?;
+        Ok(WriteTxn {
+            conn: TxnConn::Single(Mutex::new(SingleStatement {
+                conn: Some(conn),
+                writers: writers.clone(),
+                state: SingleState::Unused,
+            })),
+            _guard: None,
+        })
     }
 
     /// Whether the database answers a trivial query.
@@ -142,6 +176,101 @@ async fn postgres_pool(url: &str, options: ConnectOptions) -> Result<DatabaseCon
     Ok(DatabaseConnection::from(pool))
 }
 
+/// Single-statement writes keep at most this many connections between
+/// writes (group commit runs two unary and two bulk writers); more at once
+/// open connections of their own and close them afterwards.
+const KEPT_SINGLE_WRITERS: usize = 4;
+
+/// PostgreSQL connections kept, outside the pool, for single-statement
+/// writes.
+#[derive(Debug)]
+struct SingleWriters {
+    options: Arc<sqlx::postgres::PgConnectOptions>,
+    /// Idle connections, and since when.
+    idle: std::sync::Mutex<Vec<(sqlx::PgConnection, std::time::Instant)>>,
+}
+
+impl SingleWriters {
+    /// A kept connection (pinged first if it has been idle, as the pool
+    /// does), or a new one.
+    async fn take(&self) -> Result<sqlx::PgConnection, DbErr> {
+        use sqlx::Connection as _;
+        loop {
+            let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some((mut conn, since)) = kept else {
+                break;
+            };
+            if since.elapsed() < PING_IF_IDLE_FOR || conn.ping().await.is_ok() {
+                return Ok(conn);
+            }
+            // Broken while idle (the server restarted, a failover): dropped.
+        }
+        sqlx::PgConnection::connect_with(&self.options).await.map_err(conn_err)
+    }
+
+    fn keep(&self, conn: sqlx::PgConnection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < KEPT_SINGLE_WRITERS {
+            idle.push((conn, std::time::Instant::now()));
+        }
+    }
+}
+
+/// Where a single-statement write is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SingleState {
+    Unused,
+    /// Its statement was sent and has not finished: were the call
+    /// cancelled now, the connection would be in the middle of an exchange.
+    Running,
+    /// Its statement finished (committed or failed): the connection is
+    /// ready for another write.
+    Done,
+}
+
+/// The connection of a single-statement write; kept for the next one when
+/// its statement finished.
+pub struct SingleStatement {
+    conn: Option<sqlx::PgConnection>,
+    writers: Arc<SingleWriters>,
+    state: SingleState,
+}
+
+impl SingleStatement {
+    /// Runs the write's one statement.
+    async fn run<T>(
+        &mut self,
+        statement: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        if self.state != SingleState::Unused {
+            return Err(sqlx::Error::Protocol(
+                "a single-statement write runs one statement; use a transaction for more".to_string(),
+            ));
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(sqlx::Error::PoolClosed);
+        };
+        self.state = SingleState::Running;
+        let outcome = statement(conn).await;
+        // A database error (a violated constraint, a refusal) leaves the
+        // connection ready; a broken connection is not kept.
+        if matches!(&outcome, Ok(_) | Err(sqlx::Error::Database(_))) {
+            self.state = SingleState::Done;
+        }
+        outcome
+    }
+}
+
+impl Drop for SingleStatement {
+    fn drop(&mut self) {
+        if matches!(self.state, SingleState::Unused | SingleState::Done) {
+            if let Some(conn) = self.conn.take() {
+                self.writers.keep(conn);
+            }
+        }
+    }
+}
+
 /// A write transaction. Dropping it without `commit` rolls it back.
 pub struct WriteTxn {
     conn: TxnConn,
@@ -153,6 +282,8 @@ impl WriteTxn {
         match self.conn {
             TxnConn::Postgres(txn) => txn.into_inner().commit().await.map_err(query_err),
             TxnConn::SeaOrm(txn) => txn.commit().await,
+            // Its statement committed when it ran.
+            TxnConn::Single(_) => Ok(()),
         }
     }
 }
@@ -171,6 +302,9 @@ pub enum TxnConn {
     Postgres(Mutex<sqlx::Transaction<'static, Postgres>>),
     /// SQLite, on sea-orm's.
     SeaOrm(DatabaseTransaction),
+    /// PostgreSQL, one statement outside a transaction block
+    /// ([`Db::begin_single_write`]).
+    Single(Mutex<SingleStatement>),
 }
 
 impl TxnConn {
@@ -178,7 +312,7 @@ impl TxnConn {
     /// only) and returns the number of rows copied.
     pub async fn copy_in(&self, statement: &str, data: &[u8]) -> Result<u64, DbErr> {
         let TxnConn::Postgres(txn) = self else {
-            return Err(DbErr::Custom("COPY needs PostgreSQL".to_string()));
+            return Err(DbErr::Custom("COPY needs a PostgreSQL transaction".to_string()));
         };
         let mut txn = txn.lock().await;
         let mut copy = txn.copy_in_raw(statement).await.map_err(exec_err)?;
@@ -214,7 +348,7 @@ fn pg_query(stmt: Statement) -> (String, SqlxValues) {
 impl ConnectionTrait for TxnConn {
     fn get_database_backend(&self) -> DatabaseBackend {
         match self {
-            TxnConn::Postgres(_) => DatabaseBackend::Postgres,
+            TxnConn::Postgres(_) | TxnConn::Single(_) => DatabaseBackend::Postgres,
             TxnConn::SeaOrm(txn) => txn.get_database_backend(),
         }
     }
@@ -228,6 +362,15 @@ impl ConnectionTrait for TxnConn {
                 done.map(Into::into).map_err(exec_err)
             }
             TxnConn::SeaOrm(txn) => txn.execute(stmt).await,
+            TxnConn::Single(single) => {
+                let (sql, values) = pg_query(stmt);
+                let done = single
+                    .lock()
+                    .await
+                    .run(async |conn| sqlx::query_with(&sql, values).execute(conn).await)
+                    .await;
+                done.map(Into::into).map_err(exec_err)
+            }
         }
     }
 
@@ -239,6 +382,14 @@ impl ConnectionTrait for TxnConn {
                 done.map(Into::into).map_err(exec_err)
             }
             TxnConn::SeaOrm(txn) => txn.execute_unprepared(sql).await,
+            TxnConn::Single(single) => {
+                let done = single
+                    .lock()
+                    .await
+                    .run(async |conn| sqlx::Executor::execute(conn, sql).await)
+                    .await;
+                done.map(Into::into).map_err(exec_err)
+            }
         }
     }
 
@@ -251,6 +402,15 @@ impl ConnectionTrait for TxnConn {
                 row.map(|r| r.map(Into::into)).map_err(query_err)
             }
             TxnConn::SeaOrm(txn) => txn.query_one(stmt).await,
+            TxnConn::Single(single) => {
+                let (sql, values) = pg_query(stmt);
+                let row = single
+                    .lock()
+                    .await
+                    .run(async |conn| sqlx::query_with(&sql, values).fetch_optional(conn).await)
+                    .await;
+                row.map(|r| r.map(Into::into)).map_err(query_err)
+            }
         }
     }
 
@@ -264,6 +424,16 @@ impl ConnectionTrait for TxnConn {
                     .map_err(query_err)
             }
             TxnConn::SeaOrm(txn) => txn.query_all(stmt).await,
+            TxnConn::Single(single) => {
+                let (sql, values) = pg_query(stmt);
+                let rows = single
+                    .lock()
+                    .await
+                    .run(async |conn| sqlx::query_with(&sql, values).fetch_all(conn).await)
+                    .await;
+                rows.map(|rows| rows.into_iter().map(Into::into).collect())
+                    .map_err(query_err)
+            }
         }
     }
 }

@@ -1547,6 +1547,35 @@ async fn concurrent_batches_count_once_and_fail_alone() {
     app.stop().await;
 }
 
+/// Records on one of several replicas: retries until the replica knows the
+/// member (NOT_FOUND), and when two processes share one SQLite file
+/// (ABORTED asks for a retry).
+async fn record_on(c: &ProgressClient, req: p::RecordActivityRequest) {
+    eventually("the activity to be accepted", || {
+        let mut c = c.clone();
+        let req = req.clone();
+        async move {
+            match c.record_activity(req).await {
+                Ok(a) => Some(a.into_inner()),
+                Err(s) if matches!(s.code(), Code::NotFound | Code::Aborted) => None,
+                Err(s) => panic!("record failed: {s:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+/// A second progress service on `app`'s databases, fed by its goal.
+async fn progress_replica(app: &TestApp) -> TestApp {
+    let mut settings = milestones_suite::test_settings(
+        app.database_url.clone(),
+        app.progress_database_url.clone(),
+        String::new(),
+    );
+    settings.progress.goal_endpoint = app.endpoint();
+    TestApp::launch(settings, &["progress"], None).await
+}
+
 /// Two progress replicas on one database: an org change from goal is
 /// applied by whichever replica's feed consumer gets it first, and both
 /// then credit the new member (each keeps an org copy between batches and
@@ -1554,35 +1583,13 @@ async fn concurrent_batches_count_once_and_fail_alone() {
 #[tokio::test]
 async fn replicas_see_org_changes_applied_by_each_other() {
     let app = TestApp::spawn().await;
-    let mut settings = milestones_suite::test_settings(
-        app.database_url.clone(),
-        app.progress_database_url.clone(),
-        String::new(),
-    );
-    settings.progress.goal_endpoint = app.endpoint();
-    let replica = TestApp::launch(settings, &["progress"], None).await;
+    let replica = progress_replica(&app).await;
     let mut goal = app.admin("acme").await;
     let first = app.progress("acme", &[Role::Service]).await;
     let mut second = replica.progress("acme", &[Role::Service]).await;
     let arr = revenue_metric(&mut goal, "ARR").await;
     let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
     // Both replicas keep an org copy that knows Ada.
-    // Until a replica knows the member (NOT_FOUND); ABORTED asks for a
-    // retry when two processes share one SQLite file.
-    async fn record_on(c: &ProgressClient, req: p::RecordActivityRequest) {
-        eventually("the activity to be accepted", || {
-            let mut c = c.clone();
-            let req = req.clone();
-            async move {
-                match c.record_activity(req).await {
-                    Ok(a) => Some(a.into_inner()),
-                    Err(s) if matches!(s.code(), Code::NotFound | Code::Aborted) => None,
-                    Err(s) => panic!("record failed: {s:?}"),
-                }
-            }
-        })
-        .await;
-    }
     record_on(&first, activity(&ada, &arr, 1, 3, 1, "a-1")).await;
     record_on(&second, activity(&ada, &arr, 1, 3, 1, "a-2")).await;
 
@@ -1622,13 +1629,7 @@ async fn replicas_see_org_changes_applied_by_each_other() {
 #[tokio::test]
 async fn a_replica_behind_on_a_milestone_still_announces_its_threshold() {
     let app = TestApp::spawn().await;
-    let mut settings = milestones_suite::test_settings(
-        app.database_url.clone(),
-        app.progress_database_url.clone(),
-        String::new(),
-    );
-    settings.progress.goal_endpoint = app.endpoint();
-    let replica = TestApp::launch(settings, &["progress"], None).await;
+    let replica = progress_replica(&app).await;
     let mut goal = app.admin("acme").await;
     let mut first = app.progress("acme", &[Role::Service]).await;
     let mut second = replica.progress("acme", &[Role::Service]).await;
@@ -1637,27 +1638,12 @@ async fn a_replica_behind_on_a_milestone_still_announces_its_threshold() {
     let mine = active(&mut goal, &ada.name, &arr, "FY2026", 1_000).await;
     progress_of(&mut first, &mine).await;
     progress_of(&mut second, &mine).await;
-    // ABORTED asks for a retry when two processes share one SQLite file.
-    async fn record(c: &mut ProgressClient, req: p::RecordActivityRequest) {
-        eventually("the activity to be accepted", || {
-            let mut c = c.clone();
-            let req = req.clone();
-            async move {
-                match c.record_activity(req).await {
-                    Ok(a) => Some(a.into_inner()),
-                    Err(s) if matches!(s.code(), Code::NotFound | Code::Aborted) => None,
-                    Err(s) => panic!("record failed: {s:?}"),
-                }
-            }
-        })
-        .await;
-    }
     // Each replica records once (and keeps what it saw: 100, then 700).
-    record(&mut second, activity(&ada, &arr, 100, 2, 2, "b-1")).await;
-    record(&mut first, activity(&ada, &arr, 600, 2, 3, "a-1")).await;
+    record_on(&second, activity(&ada, &arr, 100, 2, 2, "b-1")).await;
+    record_on(&first, activity(&ada, &arr, 600, 2, 3, "a-1")).await;
     // The second replica last saw 100: 100 + 400 stays below 1,000, but
     // the milestone is at 700, and 700 + 400 reaches it.
-    record(&mut second, activity(&ada, &arr, 400, 2, 4, "b-2")).await;
+    record_on(&second, activity(&ada, &arr, 400, 2, 4, "b-2")).await;
     let got = value_becomes(&mut first, &mine, 1_100).await;
     assert_eq!(got.activity_count, 3);
     let events = events_after(&app, 0).await;
@@ -1667,8 +1653,8 @@ async fn a_replica_behind_on_a_milestone_still_announces_its_threshold() {
         "announced once, by the replica that reached it"
     );
     // Now both are past every threshold: more activities announce nothing.
-    record(&mut first, activity(&ada, &arr, 50, 2, 5, "a-2")).await;
-    record(&mut second, activity(&ada, &arr, 50, 2, 6, "b-3")).await;
+    record_on(&first, activity(&ada, &arr, 50, 2, 5, "a-2")).await;
+    record_on(&second, activity(&ada, &arr, 50, 2, 6, "b-3")).await;
     value_becomes(&mut first, &mine, 1_200).await;
     assert_eq!(kinds_for(&events_after(&app, 0).await, &mine).len(), 1);
     replica.stop().await;

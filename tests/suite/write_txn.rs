@@ -37,6 +37,32 @@ fn insert(db: &Db, id: &str) -> Statement {
     )
 }
 
+/// The PostgreSQL backend process serving `conn`'s next statement.
+async fn backend_pid(conn: &impl ConnectionTrait) -> i32 {
+    let row = conn
+        .query_one(Statement::from_string(
+            DatabaseBackend::Postgres,
+            "SELECT pg_backend_pid() AS pid",
+        ))
+        .await
+        .expect("pid")
+        .expect("a row");
+    row.try_get::<i32>("", "pid").expect("pid")
+}
+
+/// Ends backend `pid` (as a server restart would), then waits past the
+/// idle time after which a connection is pinged before use.
+async fn terminate_and_idle(conn: &impl ConnectionTrait, pid: i32) {
+    conn.execute(Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        "SELECT pg_terminate_backend($1)",
+        [Value::from(pid)],
+    ))
+    .await
+    .expect("terminate");
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+}
+
 #[tokio::test]
 async fn write_transactions_are_all_or_nothing() {
     let db = deals_db().await;
@@ -104,33 +130,10 @@ async fn a_connection_broken_while_idle_is_replaced() {
     }
     let url = fresh_database_url().await;
     let db = Db::connect(&url, 1).await.expect("connect");
-    let pid = |conn: &sea_orm::DatabaseConnection| {
-        let conn = conn.clone();
-        async move {
-            let row = conn
-                .query_one(Statement::from_string(
-                    DatabaseBackend::Postgres,
-                    "SELECT pg_backend_pid() AS pid",
-                ))
-                .await
-                .expect("pid")
-                .expect("a row");
-            row.try_get::<i32>("", "pid").expect("pid")
-        }
-    };
-    let before = pid(db.conn()).await;
+    let before = backend_pid(db.conn()).await;
     let admin = Db::connect(&url, 1).await.expect("connect again");
-    admin
-        .conn()
-        .execute(Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            "SELECT pg_terminate_backend($1)",
-            [Value::from(before)],
-        ))
-        .await
-        .expect("terminate");
-    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
-    let after = pid(db.conn()).await;
+    terminate_and_idle(admin.conn(), before).await;
+    let after = backend_pid(db.conn()).await;
     assert_ne!(before, after, "a new connection replaced the broken one");
     let txn = db.begin_write().await.expect("a write transaction too");
     txn.commit().await.expect("commit");
@@ -150,18 +153,7 @@ async fn a_single_statement_write_runs_one_statement() {
         assert_eq!(count(&db).await, 1);
         return;
     }
-    let pid = |txn: milestones_runtime::db::WriteTxn| async move {
-        let row = txn
-            .query_one(Statement::from_string(
-                DatabaseBackend::Postgres,
-                "SELECT pg_backend_pid() AS pid",
-            ))
-            .await
-            .expect("pid")
-            .expect("a row");
-        row.try_get::<i32>("", "pid").expect("pid")
-    };
-    let first = pid(db.begin_single_write().await.expect("begin")).await;
+    let first = backend_pid(&*db.begin_single_write().await.expect("begin")).await;
 
     // Committed without `commit`, on the same kept connection.
     let single = db.begin_single_write().await.expect("begin");
@@ -180,7 +172,7 @@ async fn a_single_statement_write_runs_one_statement() {
     );
     drop(single);
     assert_eq!(count(&db).await, 1);
-    let again = pid(db.begin_single_write().await.expect("begin")).await;
+    let again = backend_pid(&*db.begin_single_write().await.expect("begin")).await;
     assert_eq!(first, again, "the kept connection serves every single write");
 }
 
@@ -192,26 +184,8 @@ async fn a_kept_single_writer_broken_while_idle_is_replaced() {
         return;
     }
     let db = deals_db().await;
-    let single = db.begin_single_write().await.expect("begin");
-    let row = single
-        .query_one(Statement::from_string(
-            DatabaseBackend::Postgres,
-            "SELECT pg_backend_pid() AS pid",
-        ))
-        .await
-        .expect("pid")
-        .expect("a row");
-    let before: i32 = row.try_get("", "pid").expect("pid");
-    drop(single);
-    db.conn()
-        .execute(Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            "SELECT pg_terminate_backend($1)",
-            [Value::from(before)],
-        ))
-        .await
-        .expect("terminate");
-    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let before = backend_pid(&*db.begin_single_write().await.expect("begin")).await;
+    terminate_and_idle(db.conn(), before).await;
     let single = db.begin_single_write().await.expect("begin");
     single
         .execute(insert(&db, "d1"))

@@ -1,13 +1,15 @@
 //! Recording activities, in bulk.
 //!
-//! A call (one activity or a batch of up to 1,000) is one transaction in
-//! three steps, so that its cost is a few statements whatever its size:
+//! A call (one activity or a batch of up to 1,000) is one transaction (or
+//! one statement, below) in three steps, so that its cost is a few
+//! statements whatever its size:
 //!
 //! 1. **Load** what the batch needs: the tenant's org copy (kept between
 //!    batches while goal's feed cursor has not moved: metrics, members, team
 //!    tree, memberships, active milestones), replays of its request ids (on
 //!    SQLite; PostgreSQL assumes there are none and finds out on write), and
-//!    external references already taken.
+//!    external references already taken (except in a single statement,
+//!    which finds out on write too).
 //! 2. **Plan** in memory, in request order: credits, the milestones each
 //!    credit counts toward on its date, and the rows to write.
 //! 3. **Write** ([`crate::writes`]): the new rows, then the running totals;

@@ -44,8 +44,16 @@ impl Progress {
             let txn = self.db.begin_write().await?;
             let settings = store::tenant_settings(&*txn, &candidate.tenant_id).await?;
             let today = format_date(settings.today(Utc::now()));
-            // Re-read inside the transaction: the row may have moved on.
-            let Some(mut m) = store::milestones_where(&*txn, "id = $1", vec![candidate.id.clone().into()])
+            // Re-read inside the transaction, locked: the row may have moved
+            // on, and the whole row is written back below, so an ingestion
+            // committing meanwhile would lose its increment and the
+            // thresholds it announced. SQLite has one writer at a time.
+            let clause = if self.db.backend() == sea_orm::DatabaseBackend::Postgres {
+                "id = $1 FOR UPDATE"
+            } else {
+                "id = $1"
+            };
+            let Some(mut m) = store::milestones_where(&*txn, clause, vec![candidate.id.clone().into()])
                 .await?
                 .into_iter()
                 .next()

@@ -476,7 +476,8 @@ pub async fn write(
             // The statement refuses to reach a threshold not announced
             // (`announce_from` is never above the first one settle
             // finds): this cannot happen. Were it to, the batch is
-            // committed without its events.
+            // committed without its events, and the caller's retry
+            // answers with the stored activities.
             tracing::error!(
                 milestones = announced.len(),
                 "a single-statement write reached a threshold"
@@ -921,7 +922,9 @@ fn settle(
                 ));
             }
         }
-        org.saw(id, *after, &m.fired);
+        // What the database held: the thresholds announced here are not
+        // committed yet, and a rollback must not leave them in the cache.
+        org.saw(id, *after, &was);
         if m.fired != was {
             announced.push(vec![
                 id.clone().into(),

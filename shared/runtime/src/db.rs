@@ -181,6 +181,11 @@ async fn postgres_pool(url: &str, options: ConnectOptions) -> Result<DatabaseCon
 /// open connections of their own and close them afterwards.
 const KEPT_SINGLE_WRITERS: usize = 4;
 
+/// How long a single-statement write waits for a kept connection's ping
+/// or a new connection, as the pool waits to connect: a half-open socket
+/// after a failover must not hold a writer for minutes.
+const SINGLE_WRITER_WAIT: Duration = Duration::from_secs(5);
+
 /// PostgreSQL connections kept, outside the pool, for single-statement
 /// writes.
 #[derive(Debug)]
@@ -200,12 +205,17 @@ impl SingleWriters {
             let Some((mut conn, since)) = kept else {
                 break;
             };
-            if since.elapsed() < PING_IF_IDLE_FOR || conn.ping().await.is_ok() {
+            if since.elapsed() < PING_IF_IDLE_FOR
+                || matches!(tokio::time::timeout(SINGLE_WRITER_WAIT, conn.ping()).await, Ok(Ok(())))
+            {
                 return Ok(conn);
             }
             // Broken while idle (the server restarted, a failover): dropped.
         }
-        sqlx::PgConnection::connect_with(&self.options).await.map_err(conn_err)
+        match tokio::time::timeout(SINGLE_WRITER_WAIT, sqlx::PgConnection::connect_with(&self.options)).await {
+            Ok(connected) => connected.map_err(conn_err),
+            Err(_) => Err(conn_err(sqlx::Error::PoolTimedOut)),
+        }
     }
 
     fn keep(&self, conn: sqlx::PgConnection) {
@@ -253,8 +263,14 @@ impl SingleStatement {
         self.state = SingleState::Running;
         let outcome = statement(conn).await;
         // A database error (a violated constraint, a refusal) leaves the
-        // connection ready; a broken connection is not kept.
-        if matches!(&outcome, Ok(_) | Err(sqlx::Error::Database(_))) {
+        // connection ready; a broken connection is not kept, nor one the
+        // server is ending (class 57: shutdown, terminated; 08: connection).
+        let ready = match &outcome {
+            Ok(_) => true,
+            Err(sqlx::Error::Database(e)) => !e.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08")),
+            Err(_) => false,
+        };
+        if ready {
             self.state = SingleState::Done;
         }
         outcome
@@ -271,7 +287,8 @@ impl Drop for SingleStatement {
     }
 }
 
-/// A write transaction. Dropping it without `commit` rolls it back.
+/// A write transaction. Dropping it without `commit` rolls it back (a
+/// single-statement write's statement committed when it ran).
 pub struct WriteTxn {
     conn: TxnConn,
     _guard: Option<OwnedMutexGuard<()>>,

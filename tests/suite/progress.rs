@@ -1661,6 +1661,90 @@ async fn a_replica_behind_on_a_milestone_still_announces_its_threshold() {
     app.stop().await;
 }
 
+/// Concurrent calls on two replicas, merged into batches that race on the
+/// same milestones: every activity counts once, and each threshold (four
+/// here, on the rep's and the team's milestones) is announced exactly once,
+/// whichever path each batch took (one statement, refused and written
+/// again, or a transaction).
+#[tokio::test]
+async fn concurrent_replicas_announce_each_threshold_once() {
+    let app = TestApp::spawn().await;
+    let replica = progress_replica(&app).await;
+    let mut goal = app.admin("acme").await;
+    let first = app.progress("acme", &[Role::Service]).await;
+    let second = replica.progress("acme", &[Role::Service]).await;
+    let sales = team(&mut goal, "Sales", "").await;
+    let ada = member(&mut goal, "Ada", g::MemberRole::Rep).await;
+    membership(&mut goal, &ada, &sales, date(2026, 1, 1), None)
+        .await
+        .expect("membership");
+    let arr = revenue_metric(&mut goal, "ARR").await;
+    let mut mine = milestone_in(&ada.name, &arr.name, "FY2026", 2_000);
+    mine.stretch_target = Some(3_000);
+    mine.checkpoints = vec![g::Checkpoint {
+        display_name: "half".into(),
+        target: 1_000,
+        due_date: None,
+    }];
+    let mine = create_milestone(&mut goal, mine, true).await.expect("ada's");
+    let team_goal = active(&mut goal, &sales.name, &arr, "FY2026", 2_500).await;
+    let mut reader = first.clone();
+    progress_of(&mut reader, &team_goal).await;
+    record_on(&first, activity(&ada, &arr, 10, 2, 1, "warm-1")).await;
+    record_on(&second, activity(&ada, &arr, 10, 2, 1, "warm-2")).await;
+
+    // 8 callers per replica, 20 activities of 10 each: 3,220 in all.
+    let mut callers = Vec::new();
+    for (r, c) in [&first, &second].into_iter().enumerate() {
+        for k in 0..8 {
+            let (c, ada, arr) = (c.clone(), ada.clone(), arr.clone());
+            callers.push(tokio::spawn(async move {
+                for i in 0..20 {
+                    record_on(&c, activity(&ada, &arr, 10, 2, 2, &format!("c{r}-{k}-{i}"))).await;
+                }
+            }));
+        }
+    }
+    for c in callers {
+        c.await.expect("caller");
+    }
+    let got = value_becomes(&mut reader, &mine, 3_220).await;
+    assert_eq!(got.activity_count, 322);
+    value_becomes(&mut reader, &team_goal, 3_220).await;
+    let events = events_after(&app, 0).await;
+    assert_eq!(
+        kinds_for(&events, &mine),
+        vec![
+            p::MilestoneEventKind::CheckpointReached,
+            p::MilestoneEventKind::TargetReached,
+            p::MilestoneEventKind::StretchReached
+        ],
+        "each of the rep's thresholds once, in order"
+    );
+    assert_eq!(
+        kinds_for(&events, &team_goal),
+        vec![p::MilestoneEventKind::TargetReached],
+        "the team's once"
+    );
+    // Each announced by the activity that reached it (every step is 10),
+    // not late by a later batch.
+    for e in events
+        .iter()
+        .filter(|e| e.milestone == mine.name || e.milestone == team_goal.name)
+    {
+        assert!(
+            e.value >= e.threshold && e.value < e.threshold + 10 && !e.activity.is_empty(),
+            "{:?} at {} announced at {} by {:?}",
+            e.kind(),
+            e.threshold,
+            e.value,
+            e.activity
+        );
+    }
+    replica.stop().await;
+    app.stop().await;
+}
+
 /// An activity recorded before activities kept their own request ids (its
 /// key was a row of `idempotency_keys`) still answers its retries after the
 /// upgrade, and its id is still refused for another activity.

@@ -476,8 +476,10 @@ pub async fn write(
             // The statement refuses to reach a threshold not announced
             // (`announce_from` is never above the first one settle
             // finds): this cannot happen. Were it to, the batch is
-            // committed without its events, and the caller's retry
-            // answers with the stored activities.
+            // committed without its events and the caller's retry answers
+            // with the stored activities; the cache still holds the
+            // threshold unannounced, so the milestone's next batch goes
+            // through a transaction, which announces it (late).
             tracing::error!(
                 milestones = announced.len(),
                 "a single-statement write reached a threshold"

@@ -378,14 +378,6 @@ impl Days {
     }
 }
 
-/// The lowest threshold of `m` that `fired` does not hold.
-fn lowest_unannounced(m: &MilestoneRow, fired: &store::Fired) -> Option<i64> {
-    rules::thresholds(m)
-        .filter(|(kind, t)| fired.first_reach(*kind, *t).is_none())
-        .map(|(_, t)| t)
-        .min()
-}
-
 /// Which active milestones a credit counts toward: the credited member's
 /// own, and those of every team the member belonged to on the credit's
 /// date, up the tree. Recording and voiding both use it, so a void takes
@@ -616,7 +608,7 @@ impl TenantOrg {
         let m = self.milestones.get(id)?;
         Some(Seen {
             value: m.value,
-            announce_from: lowest_unannounced(m, &m.fired),
+            announce_from: rules::lowest_unannounced(m, &m.fired),
         })
     }
 
@@ -626,19 +618,18 @@ impl TenantOrg {
         self.seen(id).and_then(|s| s.announce_from)
     }
 
-    /// Keeps what a write returned of milestone `id`.
-    pub(crate) fn saw(&self, id: &str, value: i64, fired: &store::Fired) {
-        let Some(m) = self.milestones.get(id) else {
-            return;
-        };
-        let seen = Seen {
-            value,
-            announce_from: lowest_unannounced(m, fired),
-        };
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), seen);
+    /// Keeps what a write returned of milestone `id`: its value, and the
+    /// lowest of its thresholds not announced in the database.
+    pub(crate) fn saw(&self, id: &str, value: i64, announce_from: Option<i64>) {
+        let seen = Seen { value, announce_from };
+        let mut kept = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        // Every batch sees the same few milestones again: no new key each.
+        match kept.get_mut(id) {
+            Some(s) => *s = seen,
+            None => {
+                kept.insert(id.to_string(), seen);
+            }
+        }
     }
 
     /// Whether the batch would take a milestone, as last seen, to a

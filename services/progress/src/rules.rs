@@ -6,7 +6,7 @@ use chrono::NaiveDate;
 use milestones_api::progress as pb;
 use milestones_domain::calendar::DateRange;
 
-use crate::store::{MilestoneRow, Reached};
+use crate::store::{Fired, MilestoneRow, Reached};
 
 /// A threshold crossed by a change of value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +88,15 @@ fn candidates(m: &MilestoneRow) -> impl Iterator<Item = Crossing> + '_ {
         threshold,
     });
     checkpoints.chain(std::iter::once(target)).chain(stretch)
+}
+
+/// The lowest threshold of `m` that `fired` has not announced (None: all
+/// are). A change that stays below it announces nothing.
+pub fn lowest_unannounced(m: &MilestoneRow, fired: &Fired) -> Option<i64> {
+    thresholds(m)
+        .filter(|(kind, t)| fired.first_reach(*kind, *t).is_none())
+        .map(|(_, t)| t)
+        .min()
 }
 
 /// Each threshold of a milestone as (kind, value).

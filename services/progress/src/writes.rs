@@ -902,10 +902,13 @@ fn settle(
         });
         // Thresholds are only ever announced once reached, so unless the
         // highest value of the batch reaches one not yet announced there is
-        // nothing to decide (most batches): skip copying the milestone.
-        let peak = before + delta.peak();
-        if !rules::thresholds(kept).any(|(kind, t)| peak >= t && fired.first_reach(kind, t).is_none()) {
-            org.saw(id, *after, &fired);
+        // nothing to decide (most batches): skip copying the milestone. The
+        // single statement refuses by the same rule.
+        let announce_from = rules::lowest_unannounced(kept, &fired);
+        // What the database held: thresholds announced below are not
+        // committed yet, and a rollback must not leave them in the cache.
+        org.saw(id, *after, announce_from);
+        if announce_from.is_none_or(|t| before + delta.peak() < t) {
             continue;
         }
         let m = &mut kept.clone();
@@ -924,9 +927,6 @@ fn settle(
                 ));
             }
         }
-        // What the database held: the thresholds announced here are not
-        // committed yet, and a rollback must not leave them in the cache.
-        org.saw(id, *after, &was);
         if m.fired != was {
             announced.push(vec![
                 id.clone().into(),

@@ -325,6 +325,20 @@ pub enum TxnConn {
 }
 
 impl TxnConn {
+    /// Runs `statement` on the PostgreSQL connection: inside the
+    /// transaction, or as a single-statement write's one statement. The
+    /// callers handle SQLite's sea-orm transaction themselves.
+    async fn on_postgres<T>(
+        &self,
+        statement: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        match self {
+            TxnConn::Postgres(txn) => statement(&mut **txn.lock().await).await,
+            TxnConn::Single(single) => single.lock().await.run(statement).await,
+            TxnConn::SeaOrm(_) => Err(sqlx::Error::Protocol("not a PostgreSQL connection".to_string())),
+        }
+    }
+
     /// Runs `COPY ... FROM STDIN` with `data` as its input (PostgreSQL
     /// only) and returns the number of rows copied.
     pub async fn copy_in(&self, statement: &str, data: &[u8]) -> Result<u64, DbErr> {
@@ -371,87 +385,47 @@ impl ConnectionTrait for TxnConn {
     }
 
     async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        match self {
-            TxnConn::Postgres(txn) => {
-                let (sql, values) = pg_query(stmt);
-                let mut txn = txn.lock().await;
-                let done = sqlx::query_with(&sql, values).execute(&mut **txn).await;
-                done.map(Into::into).map_err(exec_err)
-            }
-            TxnConn::SeaOrm(txn) => txn.execute(stmt).await,
-            TxnConn::Single(single) => {
-                let (sql, values) = pg_query(stmt);
-                let done = single
-                    .lock()
-                    .await
-                    .run(async |conn| sqlx::query_with(&sql, values).execute(conn).await)
-                    .await;
-                done.map(Into::into).map_err(exec_err)
-            }
+        if let TxnConn::SeaOrm(txn) = self {
+            return txn.execute(stmt).await;
         }
+        let (sql, values) = pg_query(stmt);
+        let done = self
+            .on_postgres(async |conn| sqlx::query_with(&sql, values).execute(conn).await)
+            .await;
+        done.map(Into::into).map_err(exec_err)
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        match self {
-            TxnConn::Postgres(txn) => {
-                let mut txn = txn.lock().await;
-                let done = sqlx::Executor::execute(&mut **txn, sql).await;
-                done.map(Into::into).map_err(exec_err)
-            }
-            TxnConn::SeaOrm(txn) => txn.execute_unprepared(sql).await,
-            TxnConn::Single(single) => {
-                let done = single
-                    .lock()
-                    .await
-                    .run(async |conn| sqlx::Executor::execute(conn, sql).await)
-                    .await;
-                done.map(Into::into).map_err(exec_err)
-            }
+        if let TxnConn::SeaOrm(txn) = self {
+            return txn.execute_unprepared(sql).await;
         }
+        let done = self
+            .on_postgres(async |conn| sqlx::Executor::execute(conn, sql).await)
+            .await;
+        done.map(Into::into).map_err(exec_err)
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        match self {
-            TxnConn::Postgres(txn) => {
-                let (sql, values) = pg_query(stmt);
-                let mut txn = txn.lock().await;
-                let row = sqlx::query_with(&sql, values).fetch_optional(&mut **txn).await;
-                row.map(|r| r.map(Into::into)).map_err(query_err)
-            }
-            TxnConn::SeaOrm(txn) => txn.query_one(stmt).await,
-            TxnConn::Single(single) => {
-                let (sql, values) = pg_query(stmt);
-                let row = single
-                    .lock()
-                    .await
-                    .run(async |conn| sqlx::query_with(&sql, values).fetch_optional(conn).await)
-                    .await;
-                row.map(|r| r.map(Into::into)).map_err(query_err)
-            }
+        if let TxnConn::SeaOrm(txn) = self {
+            return txn.query_one(stmt).await;
         }
+        let (sql, values) = pg_query(stmt);
+        let row = self
+            .on_postgres(async |conn| sqlx::query_with(&sql, values).fetch_optional(conn).await)
+            .await;
+        row.map(|r| r.map(Into::into)).map_err(query_err)
     }
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        match self {
-            TxnConn::Postgres(txn) => {
-                let (sql, values) = pg_query(stmt);
-                let mut txn = txn.lock().await;
-                let rows = sqlx::query_with(&sql, values).fetch_all(&mut **txn).await;
-                rows.map(|rows| rows.into_iter().map(Into::into).collect())
-                    .map_err(query_err)
-            }
-            TxnConn::SeaOrm(txn) => txn.query_all(stmt).await,
-            TxnConn::Single(single) => {
-                let (sql, values) = pg_query(stmt);
-                let rows = single
-                    .lock()
-                    .await
-                    .run(async |conn| sqlx::query_with(&sql, values).fetch_all(conn).await)
-                    .await;
-                rows.map(|rows| rows.into_iter().map(Into::into).collect())
-                    .map_err(query_err)
-            }
+        if let TxnConn::SeaOrm(txn) = self {
+            return txn.query_all(stmt).await;
         }
+        let (sql, values) = pg_query(stmt);
+        let rows = self
+            .on_postgres(async |conn| sqlx::query_with(&sql, values).fetch_all(conn).await)
+            .await;
+        rows.map(|rows| rows.into_iter().map(Into::into).collect())
+            .map_err(query_err)
     }
 }
 

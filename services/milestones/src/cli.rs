@@ -225,6 +225,25 @@ enum Command {
     },
 }
 
+/// The async runtime of every command, servers and clients alike.
+///
+/// Without tokio's LIFO slot: the task a task wakes is queued like any
+/// other instead of running next. A group commit answers its calls all at
+/// once; with the slot, each answer's HTTP/2 connection task ran (and wrote
+/// to the socket, waking the peer) before the next answer was ready, so 16
+/// answers took 16 writes, and the client's 16 next calls 16 more. Queued,
+/// they go out together. Measured on PostgreSQL (2026-11-30, three pairs of
+/// 30,000 calls at 16 clients): the server's CPU per call 41-55 -> 34-42
+/// µs, the client's 26-31 -> 23-27 µs, and throughput equal or higher in
+/// each pair. The setting is unstable in tokio, so `.cargo/config.toml`
+/// passes `--cfg tokio_unstable`; a build without it keeps the slot.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.enable_all().build()
+}
+
 /// Parses the command line, runs the command, and returns the exit code
 /// (see the table in `milestones --help`).
 pub fn main() -> ExitCode {
@@ -238,7 +257,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
             anstream::eprintln!("cannot start the async runtime: {e}");
@@ -448,5 +467,17 @@ mod tests {
         let mut missing = Vec::new();
         walk(&cmd, "milestones", &mut missing);
         assert!(missing.is_empty(), "without help: {missing:?}");
+    }
+
+    /// `.cargo/config.toml` reaches the build: without it the runtime
+    /// silently keeps tokio's LIFO slot (and answers a batch one write at a
+    /// time).
+    #[test]
+    fn the_runtime_is_built_without_the_lifo_slot() {
+        assert!(
+            cfg!(tokio_unstable),
+            "built without --cfg tokio_unstable (is RUSTFLAGS set? it replaces .cargo/config.toml)"
+        );
+        assert!(runtime().is_ok());
     }
 }

@@ -112,8 +112,16 @@ pub fn install(settings: &LogSettings, tracer: SdkTracerProvider) -> bool {
     // INFO and above are exported whatever the log level.
     let filter = || EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = settings.format == "json";
+    // A span per RPC is on every call's path: leave out what nobody reads
+    // (the source location, the thread, busy and idle time) and the
+    // OpenTelemetry context made current on every poll (nothing here reads
+    // it: trace context comes from the tracing span).
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer.tracer("milestones"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_filter(LevelFilter::INFO);
     global::set_tracer_provider(tracer);
     tracing_subscriber::registry()

@@ -232,10 +232,11 @@ enum Command {
 /// once; with the slot, each answer's HTTP/2 connection task ran (and wrote
 /// to the socket, waking the peer) before the next answer was ready, so 16
 /// answers took 16 writes, and the client's 16 next calls 16 more. Queued,
-/// they go out together. Measured on PostgreSQL (2026-11-30, three pairs of
-/// 30,000 calls at 16 clients): the server's CPU per call 41-55 -> 34-42
-/// µs, the client's 26-31 -> 23-27 µs, and throughput equal or higher in
-/// each pair. The setting is unstable in tokio, so `.cargo/config.toml`
+/// they go out together. Measured on PostgreSQL (2026-11-30, five
+/// alternating pairs of 20,000 calls at 16 clients): the server's system
+/// calls per call 8.1 -> 3.1, its CPU per call 46.5-51 -> 37.5-39 µs, and
+/// the median throughput 9.4k -> 10.4k calls/s (single pairs vary with the
+/// machine). The setting is unstable in tokio, so `.cargo/config.toml`
 /// passes `--cfg tokio_unstable`; a build without it keeps the slot.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();

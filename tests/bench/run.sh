@@ -10,6 +10,11 @@
 # The bench is given the server's process id, so its unary and bulk lines
 # also say how much CPU the server, the client and PostgreSQL spent per
 # activity.
+#
+# On PostgreSQL it first runs the baseline the unary target is set against
+# (pgbench, one-row insert transactions at 16 clients, for
+# $PGBENCH_SECONDS seconds, 10 by default; 0 skips it) and ends with
+# RecordActivity at 16 clients as a share of it.
 set -euo pipefail
 backend=${1:?usage: tests/bench/run.sh sqlite|postgres [bench args...]}
 shift
@@ -25,6 +30,18 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+baseline=
+if [ "$backend" = postgres ] && [ "${PGBENCH_SECONDS:-10}" != 0 ]; then
+  command -v pgbench >/dev/null || { echo "missing: pgbench (PGBENCH_SECONDS=0 skips the baseline)"; exit 1; }
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS bench_pgbench" >/dev/null 2>&1
+  psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE bench_pgbench" >/dev/null
+  psql -h 127.0.0.1 -U postgres -d bench_pgbench -qc 'CREATE TABLE t (id bigserial PRIMARY KEY, v bigint)' >/dev/null
+  echo 'INSERT INTO t (v) VALUES (1);' >"$work/insert.sql"
+  baseline=$(pgbench -h 127.0.0.1 -U postgres -n -c 16 -j 2 -T "${PGBENCH_SECONDS:-10}" -f "$work/insert.sql" bench_pgbench 2>/dev/null |
+    awk '/^tps/ {printf "%d", $3}')
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE bench_pgbench" >/dev/null
+  echo "pgbench, one-row insert transactions at 16 clients: $baseline tps"
+fi
 export MILESTONES__DATA_DIR="$work" MILESTONES__LOG__FILTER=${MILESTONES__LOG__FILTER:-warn}
 if [ "$backend" = postgres ]; then
   for db in bench_goal bench_progress bench_recognition; do
@@ -52,4 +69,10 @@ fi
 "$bin" server --listen 127.0.0.1:50062 >"${SERVER_LOG:-$work/server.log}" 2>&1 &
 server=$!
 sleep 3
-"$bin" bench --endpoint http://127.0.0.1:50062 --server-pid "$server" "$@"
+"$bin" bench --endpoint http://127.0.0.1:50062 --server-pid "$server" "$@" | tee "$work/bench.out"
+if [ -n "$baseline" ]; then
+  awk -v base="$baseline" '/^RecordActivity, concurrency 16 / {
+      rate = $4; sub("/s", "", rate)
+      printf "RecordActivity at 16 clients: %d/s, %.1f %% of pgbench (target: at least 50 %%)\n", rate, 100 * rate / base
+    }' "$work/bench.out"
+fi

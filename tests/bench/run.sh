@@ -37,8 +37,9 @@ if [ "$backend" = postgres ] && [ "${PGBENCH_SECONDS:-10}" != 0 ]; then
   psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE bench_pgbench" >/dev/null
   psql -h 127.0.0.1 -U postgres -d bench_pgbench -qc 'CREATE TABLE t (id bigserial PRIMARY KEY, v bigint)' >/dev/null
   echo 'INSERT INTO t (v) VALUES (1);' >"$work/insert.sql"
-  baseline=$(pgbench -h 127.0.0.1 -U postgres -n -c 16 -j 2 -T "${PGBENCH_SECONDS:-10}" -f "$work/insert.sql" bench_pgbench 2>/dev/null |
+  baseline=$(pgbench -h 127.0.0.1 -U postgres -n -c 16 -j 2 -T "${PGBENCH_SECONDS:-10}" -f "$work/insert.sql" bench_pgbench |
     awk '/^tps/ {printf "%d", $3}')
+  [ -n "$baseline" ] || { echo "pgbench printed no tps"; exit 1; }
   psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE bench_pgbench" >/dev/null
   echo "pgbench, one-row insert transactions at 16 clients: $baseline tps"
 fi

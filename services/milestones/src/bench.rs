@@ -54,6 +54,30 @@ pub struct BenchArgs {
     /// activities/s, 12 callers 47.6k, 16 callers 45.6k.
     #[arg(long, default_value_t = 12)]
     bulk_concurrency: usize,
+    /// HTTP/2 connections the unary and bulk callers are spread over, in
+    /// turn: a pool of channels, as gRPC's performance guide advises for
+    /// high load. A connection is one stream of frames that one task reads
+    /// and writes in order on each side; over several, the server's and
+    /// the client's connection tasks work on both cores. Measured on
+    /// PostgreSQL (2026-11-30) in one process, taking turns in six rounds
+    /// of 6,000 calls so that each count sees the same machine: at 16
+    /// clients, one connection against four 4.9k/6.0k, 4.5k/5.1k and
+    /// 5.4k/5.9k calls/s in three series (8 connections 5.3k and 16 4.6k
+    /// in the first); at 64 clients 9.3k/10.1k.
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+    /// A shell command that prints a `tps = N` line, as pgbench does: the
+    /// baseline the unary target at 16 clients is set against. The 16
+    /// clients then make `--unary-requests` calls in each of
+    /// `--baseline-rounds` rounds, each just after a run of the command,
+    /// and each round is compared with the run before it: this machine's
+    /// speed moves by a third within a minute, so figures taken minutes
+    /// apart do not compare.
+    #[arg(long)]
+    baseline_command: Option<String>,
+    /// Rounds of the comparison with `--baseline-command`.
+    #[arg(long, default_value_t = 5)]
+    baseline_rounds: usize,
     /// Read calls per measurement.
     #[arg(long, default_value_t = 1_000)]
     reads: usize,
@@ -89,6 +113,22 @@ struct Samples {
 }
 
 impl Samples {
+    /// The calls of two measurements of the same kind, as one.
+    fn merge(mut self, other: Samples) -> Samples {
+        self.latencies.extend(other.latencies);
+        self.elapsed += other.elapsed;
+        self.items += other.items;
+        self.cpu = match (self.cpu, other.cpu) {
+            (Some(a), Some(b)) => Some(Cpu {
+                server: a.server + b.server,
+                client: a.client + b.client,
+                postgres: a.postgres + b.postgres,
+            }),
+            _ => None,
+        };
+        self
+    }
+
     fn print(&mut self) {
         self.latencies.sort();
         let pct = |q: f64| {
@@ -211,16 +251,34 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     );
     let org = build_org(&mut goal, &args).await?;
     wait_for_projection(&progress, &org).await?;
+    let mut pool = vec![progress.clone()];
+    for _ in 1..args.channels.max(1) {
+        let channel = Channel::from_shared(args.endpoint.clone())?
+            .http2_adaptive_window(true)
+            .connect()
+            .await?;
+        pool.push(ProgressServiceClient::with_interceptor(channel, bearer.clone()));
+    }
     let recorded = Arc::new(AtomicU64::new(0));
+    println!(
+        "unary and bulk callers take turns over {} HTTP/2 connections (--channels)",
+        pool.len()
+    );
 
     for &c in &args.concurrency {
-        let mut s = unary(&progress, &org, args.unary_requests, c, &recorded, args.server_pid).await?;
-        s.print();
+        match &args.baseline_command {
+            Some(command) if c == BASELINE_CLIENTS => {
+                versus_baseline(command, &args, &pool, &org, &recorded).await?;
+            }
+            _ => unary(&pool, &org, args.unary_requests, c, &recorded, args.server_pid)
+                .await?
+                .print(),
+        }
     }
     event_latency(&mut goal, &progress, &org, &tenant).await?.print();
-    top_up(&progress, &org, 10_000, &args, &recorded).await?;
+    top_up(&pool, &org, 10_000, &args, &recorded).await?;
     reads(&progress, &org, args.reads, recorded.load(Ordering::Relaxed)).await?;
-    let mut bulk = top_up(&progress, &org, args.activities, &args, &recorded).await?;
+    let mut bulk = top_up(&pool, &org, args.activities, &args, &recorded).await?;
     if bulk.items == 0 {
         // Nothing to import: a line of zeros would read as a measurement.
         println!(
@@ -411,7 +469,7 @@ fn activity(org: &Org, i: u64, value: i64) -> p::RecordActivityRequest {
 }
 
 async fn unary(
-    progress: &Progress,
+    pool: &[Progress],
     org: &Org,
     requests: usize,
     concurrency: usize,
@@ -422,8 +480,8 @@ async fn unary(
     let start = Instant::now();
     let mut tasks = Vec::new();
     let per_task = requests / concurrency.max(1);
-    for _ in 0..concurrency {
-        let mut c = progress.clone();
+    for caller in 0..concurrency {
+        let mut c = pool[caller % pool.len()].clone();
         let recorded = recorded.clone();
         let reqs: Vec<p::RecordActivityRequest> = (0..per_task)
             .map(|_| activity(org, recorded.fetch_add(1, Ordering::Relaxed), 1_000))
@@ -449,6 +507,83 @@ async fn unary(
         elapsed: start.elapsed(),
         cpu: Cpu::since(cpu, server_pid),
     })
+}
+
+/// The client count of the unary target's baseline (pgbench `-c 16`).
+const BASELINE_CLIENTS: usize = 16;
+
+/// Unary calls at 16 clients in rounds, each just after a run of the
+/// baseline `command`; prints each round's share of the baseline, the
+/// calls of all rounds together, and the median share.
+async fn versus_baseline(
+    command: &str,
+    args: &BenchArgs,
+    pool: &[Progress],
+    org: &Org,
+    recorded: &Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let rounds = args.baseline_rounds.max(1);
+    let mut all: Option<Samples> = None;
+    let mut shares = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        let tps = baseline_tps(command.to_string()).await?;
+        let s = unary(
+            pool,
+            org,
+            args.unary_requests,
+            BASELINE_CLIENTS,
+            recorded,
+            args.server_pid,
+        )
+        .await?;
+        let rate = s.items as f64 / s.elapsed.as_secs_f64();
+        let share = 100.0 * rate / tps;
+        println!("  round {round}: baseline {tps:.0} tps, then RecordActivity {rate:.0}/s: {share:.1} %");
+        shares.push(share);
+        all = Some(match all {
+            None => s,
+            Some(a) => a.merge(s),
+        });
+    }
+    if let Some(mut all) = all {
+        all.print();
+    }
+    shares.sort_by(f64::total_cmp);
+    println!(
+        "RecordActivity at {BASELINE_CLIENTS} clients: {:.1} % of the baseline, the median of {rounds} rounds \
+         (target: at least 50 %)",
+        shares[shares.len() / 2]
+    );
+    Ok(())
+}
+
+/// Runs the baseline `command` (through `sh -c`) and reads its `tps = N`
+/// line. Its errors go to this process's stderr.
+async fn baseline_tps(command: String) -> anyhow::Result<f64> {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map(|out| (command, out))
+    })
+    .await??;
+    let (command, out) = out;
+    if !out.status.success() {
+        anyhow::bail!("the baseline command failed ({}): {command}", out.status);
+    }
+    parse_tps(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| anyhow::anyhow!("the baseline command printed no `tps = N` line: {command}"))
+}
+
+/// The rate in pgbench's `tps = 12345.678 (without initial connection time)`.
+fn parse_tps(output: &str) -> Option<f64> {
+    output
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
 }
 
 /// Time from RecordActivity to the milestone event reaching a consumer.
@@ -534,7 +669,7 @@ fn clone_org(org: &Org) -> Org {
 
 /// Bulk-imports until `total` activities are recorded.
 async fn top_up(
-    progress: &Progress,
+    pool: &[Progress],
     org: &Org,
     total: usize,
     args: &BenchArgs,
@@ -547,8 +682,8 @@ async fn top_up(
     let batches = missing.div_ceil(args.batch.max(1));
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..args.bulk_concurrency.max(1) {
-        let mut c = progress.clone();
+    for caller in 0..args.bulk_concurrency.max(1) {
+        let mut c = pool[caller % pool.len()].clone();
         let (next, recorded) = (next.clone(), recorded.clone());
         let org = clone_org(org);
         let batch = args.batch;
@@ -641,5 +776,16 @@ mod tests {
         let stat = "4242 (tokio (rt) w) S 1 4242 4242 0 -1 4194560 812 0 0 0 1234 56 0 0 20 0 9 0 100 0 0";
         assert_eq!(super::stat_seconds(stat), Some(12.90));
         assert_eq!(super::stat_seconds("4242 (short) S 1"), None);
+    }
+
+    /// pgbench's summary ends with the rate; the lines before it hold other
+    /// numbers.
+    #[test]
+    fn the_baseline_rate_is_read_from_the_tps_line() {
+        let pgbench = "transaction type: insert.sql\nnumber of clients: 16\nlatency average = 1.3 ms\n\
+                       initial connection time = 21.5 ms\ntps = 12091.874 (without initial connection time)\n";
+        assert_eq!(super::parse_tps(pgbench), Some(12091.874));
+        assert_eq!(super::parse_tps("number of clients: 16\n"), None);
+        assert_eq!(super::parse_tps("tps = fast\n"), None);
     }
 }

@@ -23,14 +23,18 @@ bin=${MILESTONES_BIN:-target/release/milestones}
 work=$(mktemp -d)
 server=
 vacuum=
+baseline=()
 cleanup() {
   [ -n "$vacuum" ] && kill "$vacuum" 2>/dev/null || true
   [ -n "$server" ] && kill "$server" 2>/dev/null || true
   wait 2>/dev/null || true
+  # Also when the bench failed: the baseline's database is the script's.
+  if [ ${#baseline[@]} -gt 0 ]; then
+    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS bench_pgbench" >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
-baseline=()
 if [ "$backend" = postgres ] && [ "${PGBENCH_SECONDS:-4}" != 0 ]; then
   command -v pgbench >/dev/null || { echo "missing: pgbench (PGBENCH_SECONDS=0 skips the baseline)"; exit 1; }
   psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS bench_pgbench" >/dev/null 2>&1
@@ -68,6 +72,3 @@ fi
 server=$!
 sleep 3
 "$bin" bench --endpoint http://127.0.0.1:50062 --server-pid "$server" "${baseline[@]}" "$@"
-if [ ${#baseline[@]} -gt 0 ]; then
-  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE bench_pgbench" >/dev/null
-fi

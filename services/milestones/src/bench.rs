@@ -239,10 +239,7 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
         Duration::from_secs(86_400),
     )?;
     let bearer = Bearer(format!("Bearer {token}").parse()?);
-    let channel = Channel::from_shared(args.endpoint.clone())?
-        .http2_adaptive_window(true)
-        .connect()
-        .await?;
+    let channel = connect(&args.endpoint).await?;
     let mut goal = GoalServiceClient::with_interceptor(channel.clone(), bearer.clone());
     let progress = ProgressServiceClient::with_interceptor(channel.clone(), bearer.clone());
     println!(
@@ -253,10 +250,7 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     wait_for_projection(&progress, &org).await?;
     let mut pool = vec![progress.clone()];
     for _ in 1..args.channels.max(1) {
-        let channel = Channel::from_shared(args.endpoint.clone())?
-            .http2_adaptive_window(true)
-            .connect()
-            .await?;
+        let channel = connect(&args.endpoint).await?;
         pool.push(ProgressServiceClient::with_interceptor(channel, bearer.clone()));
     }
     let recorded = Arc::new(AtomicU64::new(0));
@@ -507,6 +501,14 @@ async fn unary(
         elapsed: start.elapsed(),
         cpu: Cpu::since(cpu, server_pid),
     })
+}
+
+/// A new HTTP/2 connection to the suite.
+async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(endpoint.to_string())?
+        .http2_adaptive_window(true)
+        .connect()
+        .await?)
 }
 
 /// The client count of the unary target's baseline (pgbench `-c 16`).
